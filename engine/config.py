@@ -1,0 +1,50 @@
+"""Configuration of the engine and of the audio post / codec stage (one frozen dataclass each).
+
+Defaults live here only; `stream_server.config` composes these with the other components' configs,
+loads TOML and generates CLI flags from the fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    engine: Literal["auto", "espeak", "f5"] = "auto"
+    device: str = "auto"  # "auto" = cuda:0 when available, else cpu
+    # --- eSpeak NG ---
+    espeak_default_voice: str = "en-us"
+    # --- F5-TTS ---
+    model: Literal["F5TTS_v1_Base", "F5TTS_Base"] = "F5TTS_v1_Base"
+    checkpoint: str = ""  # path to model_*.safetensors / .pt; "" = resolve (HF cache, ...)
+    vocab: str = ""  # path to vocab.txt; "" = next to the checkpoint, else the HF cache
+    vocoder: str = ""  # folder with Vocos config.yaml + pytorch_model.bin; "" = HF cache
+    random_weights: bool = False  # build the real-size model with random weights (benchmarks)
+    voices_dir: str = "voices"  # NAME.wav + NAME.txt reference clips for F5
+    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"  # CUDA only; CPU always runs fp32
+    compile: bool = True  # torch.compile the backbone step (CUDA only)
+    nfe: int = 7
+    cfg_strength: float = 2.0
+    sway: float = -1.0
+    # chunked vocoding: first chunk small for TTFA, later chunks larger (mel frames, 1 frame = 256
+    # samples = 10.67 ms at 24 kHz)
+    vocoder_first_chunk_frames: int = 24
+    vocoder_chunk_frames: int = 96
+    vocoder_context_frames: int = 32
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    # seams between vocoder chunks
+    crossfade_ms: float = 15.0
+    crossfade_curve: Literal["linear", "equal_power"] = "linear"
+    # segment envelope
+    fade_in_ms: float = 5.0
+    fade_out_ms: float = 10.0
+    pause_ms: float = 120.0  # silence appended after every segment
+    # Opus
+    opus_bitrate: int = 32000
+    opus_application: Literal["audio", "voip", "restricted_lowdelay"] = "audio"
+    frame_ms: int = 20
