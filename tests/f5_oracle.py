@@ -1,0 +1,35 @@
+"""Lean import of the reference F5-TTS implementation (PyPI ``f5-tts``), used only as a test oracle.
+
+Importing ``f5_tts.model`` normally pulls in the trainer (wandb, accelerate, datasets, ...). We
+register an empty package object for ``f5_tts.model`` whose ``__path__`` is the real folder, so only
+the backbone / CFM / utils modules load (F5_FACTS.md section 8).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import types
+from typing import Any
+
+import pytest
+
+
+def _install_lean_model_package() -> None:
+    if "f5_tts.model" in sys.modules:
+        return
+    spec = importlib.util.find_spec("f5_tts")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("reference f5-tts is not installed (make test installs it)")
+    root = list(spec.submodule_search_locations)[0]
+    pkg = types.ModuleType("f5_tts.model")
+    pkg.__path__ = [os.path.join(root, "model")]
+    sys.modules["f5_tts.model"] = pkg
+
+
+def reference_module(name: str) -> Any:
+    """Import ``f5_tts.<name>`` (e.g. "model.backbones.dit", "model.cfm", "model.utils")."""
+    _install_lean_model_package()
+    return importlib.import_module(f"f5_tts.{name}")
