@@ -1,0 +1,308 @@
+"""Wire codecs: float32 PCM in, network frames out (Opus packets or s16le PCM chunks).
+
+Encoders are streaming and stateful (one per session and utterance): ``encode`` buffers partial
+frames and returns every complete frame; ``flush`` ends the stream. Resampling to another output rate
+is streaming too (``StreamingResampler``): the sinc filter's history is kept across calls, so chunked
+output equals resampling the whole signal at once, with no seams at chunk boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import opuslib
+import torch
+import torchaudio
+
+from engine.base import InvalidOptionError
+from engine.config import AudioConfig
+
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+OPUS_FRAME_MS = (10, 20, 40, 60)
+OPUS_APPLICATIONS = ("audio", "voip", "restricted_lowdelay")
+PCM_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+AudioFormat = Literal["opus", "pcm_s16le"]
+
+
+class UnsupportedAudioFormatError(InvalidOptionError, ValueError):
+    """An output format, sample rate, bitrate or frame length the codecs do not support."""
+
+    code = "unsupported_format"
+
+
+def _as_mono_f32(pcm: np.ndarray) -> np.ndarray:
+    arr = np.asarray(pcm)
+    if arr.ndim != 1:
+        raise ValueError(f"expected 1-D mono PCM, got shape {arr.shape}")
+    return arr.astype(np.float32, copy=False)
+
+
+def float_to_s16(pcm: np.ndarray) -> np.ndarray:
+    """float32 ``(n,)`` in [-1, 1] -> int16 ``(n,)`` (clipped, rounded)."""
+    return np.round(np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+class StreamingResampler:
+    """Chunk-by-chunk band-limited resampling with torchaudio's sinc kernel.
+
+    Produces the same samples as ``torchaudio.functional.resample`` on the whole signal (default
+    ``sinc_interp_hann``, width 6, rolloff 0.99): the kernel is applied with stride ``orig`` (the
+    gcd-reduced input rate) over a buffer that keeps the ``2 * width`` input samples of history
+    the next output block still needs. Latency is ``width + orig`` input samples (< 1 ms here).
+    Input and output: float32 ``(n,)``.
+    """
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        if in_rate <= 0 or out_rate <= 0:
+            raise UnsupportedAudioFormatError("sample rates must be positive")
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self._identity = in_rate == out_rate
+        gcd = math.gcd(in_rate, out_rate)
+        self._orig = in_rate // gcd
+        self._new = out_rate // gcd
+        if not self._identity:
+            rs = torchaudio.transforms.Resample(in_rate, out_rate)
+            self._kernel: torch.Tensor = rs.kernel  # (new, 1, 2 * width + orig) float32
+            self._width: int = rs.width
+        else:
+            self._kernel = torch.zeros(0)
+            self._width = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream: left context is zeros, like torchaudio's padding."""
+        self._buf = np.zeros(self._width, dtype=np.float32)
+        self._n_in = 0
+        self._n_out = 0
+
+    def _run_blocks(self, buf: np.ndarray) -> tuple[np.ndarray, int]:
+        k = self._kernel.shape[-1]
+        if buf.shape[0] < k:
+            return np.zeros(0, dtype=np.float32), 0
+        n_blocks = (buf.shape[0] - k) // self._orig + 1
+        used = (n_blocks - 1) * self._orig + k
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(buf[:used]))[None, None]
+            y = torch.nn.functional.conv1d(x, self._kernel, stride=self._orig)  # (1, new, blocks)
+        return y[0].T.reshape(-1).numpy(), n_blocks
+
+    def process(self, pcm: np.ndarray) -> np.ndarray:
+        """Resample the next input chunk; returns the output samples that are final now."""
+        x = _as_mono_f32(pcm)
+        self._n_in += x.shape[0]
+        if self._identity:
+            self._n_out += x.shape[0]
+            return x.copy()
+        self._buf = np.concatenate([self._buf, x])
+        out, n_blocks = self._run_blocks(self._buf)
+        self._buf = self._buf[n_blocks * self._orig :]
+        self._n_out += out.shape[0]
+        return out
+
+    def flush(self) -> np.ndarray:
+        """End the stream: emit the rest (right edge zero-padded) trimmed to the exact length."""
+        if self._identity:
+            self.reset()
+            return np.zeros(0, dtype=np.float32)
+        padded = np.concatenate([self._buf, np.zeros(self._width + self._orig, np.float32)])
+        out, _ = self._run_blocks(padded)
+        total = math.ceil(self._new * self._n_in / self._orig)
+        out = out[: max(0, total - self._n_out)]
+        self.reset()
+        return out
+
+
+@runtime_checkable
+class AudioEncoder(Protocol):
+    """What the session needs from an encoder: frames out, one network message per frame."""
+
+    format: str
+    frame_ms: float
+    out_rate: int
+
+    def encode(self, pcm: np.ndarray) -> list[bytes]:
+        """float32 ``(n,)`` at the encoder's input rate -> zero or more complete frames."""
+        ...
+
+    def flush(self) -> list[bytes]:
+        """End the stream; return the remaining frame(s)."""
+        ...
+
+
+class OpusFrameEncoder:
+    """float32 mono PCM -> one Opus packet per ``frame_ms`` frame (480 samples = 20 ms at 24 kHz).
+
+    ``sample_rate`` is the Opus encoding rate (8/12/16/24/48 kHz); input arrives at ``in_rate``
+    (default: the same) and is resampled in a streaming way when they differ.
+    """
+
+    format = "opus"
+
+    def __init__(
+        self,
+        sample_rate: int = 24000,
+        bitrate: int = 32000,
+        application: str = "audio",
+        frame_ms: int = 20,
+        in_rate: int | None = None,
+    ) -> None:
+        if sample_rate not in OPUS_RATES:
+            raise UnsupportedAudioFormatError(
+                f"Opus supports sample rates {', '.join(map(str, OPUS_RATES))}; got {sample_rate}"
+            )
+        if not 6000 <= bitrate <= 510000:
+            raise UnsupportedAudioFormatError(f"Opus bitrate must be 6000..510000, got {bitrate}")
+        if frame_ms not in OPUS_FRAME_MS:
+            raise UnsupportedAudioFormatError(
+                f"Opus frame_ms must be one of {OPUS_FRAME_MS}, got {frame_ms}"
+            )
+        if application not in OPUS_APPLICATIONS:
+            raise UnsupportedAudioFormatError(
+                f"Opus application must be one of {OPUS_APPLICATIONS}, got {application!r}"
+            )
+        self.out_rate = sample_rate
+        self.in_rate = sample_rate if in_rate is None else in_rate
+        self.frame_ms: float = frame_ms
+        self.bitrate = bitrate
+        self.frame_size = sample_rate * frame_ms // 1000
+        self._resampler = (
+            StreamingResampler(self.in_rate, sample_rate) if self.in_rate != sample_rate else None
+        )
+        self._enc = opuslib.Encoder(sample_rate, 1, application)
+        self._enc.bitrate = bitrate
+        self._pending = np.zeros(0, dtype=np.float32)  # < frame_size samples at out_rate
+        self.samples_encoded = 0  # samples at out_rate fed to the encoder, padding included
+        self.packets = 0
+
+    @property
+    def duration_s(self) -> float:
+        """Audio duration represented by the packets produced so far."""
+        return self.samples_encoded / self.out_rate
+
+    @property
+    def lookahead(self) -> int:
+        """Encoder delay in samples at ``out_rate`` (decoded audio is shifted by this much)."""
+        return int(self._enc.lookahead)
+
+    def _encode_frames(self, x: np.ndarray) -> list[bytes]:
+        buf = np.concatenate([self._pending, x]) if self._pending.shape[0] else x
+        n_frames = buf.shape[0] // self.frame_size
+        packets = []
+        for i in range(n_frames):
+            frame = float_to_s16(buf[i * self.frame_size : (i + 1) * self.frame_size])
+            packets.append(self._enc.encode(frame.tobytes(), self.frame_size))
+        self._pending = buf[n_frames * self.frame_size :].copy()
+        self.samples_encoded += n_frames * self.frame_size
+        self.packets += n_frames
+        return packets
+
+    def encode(self, pcm: np.ndarray) -> list[bytes]:
+        """float32 ``(n,)`` at ``in_rate`` -> one packet per complete frame (maybe none)."""
+        x = _as_mono_f32(pcm)
+        if self._resampler is not None:
+            x = self._resampler.process(x)
+        return self._encode_frames(x)
+
+    def flush(self) -> list[bytes]:
+        """Encode what is buffered, the last partial frame padded with zeros."""
+        x = self._resampler.flush() if self._resampler is not None else np.zeros(0, np.float32)
+        packets = self._encode_frames(x)
+        rest = self._pending.shape[0]
+        if rest:
+            pad = np.zeros(self.frame_size - rest, dtype=np.float32)
+            packets += self._encode_frames(pad)
+        return packets
+
+
+class OpusFrameDecoder:
+    """Opus packets -> float32 mono PCM ``(n,)`` at ``sample_rate`` (tests, bench, offline synth)."""
+
+    def __init__(self, sample_rate: int = 24000) -> None:
+        if sample_rate not in OPUS_RATES:
+            raise UnsupportedAudioFormatError(
+                f"Opus supports sample rates {', '.join(map(str, OPUS_RATES))}; got {sample_rate}"
+            )
+        self.sample_rate = sample_rate
+        self._max_frame = sample_rate * 120 // 1000  # the longest Opus packet is 120 ms
+        self._dec = opuslib.Decoder(sample_rate, 1)
+
+    def decode(self, packet: bytes) -> np.ndarray:
+        """One Opus packet -> float32 ``(n,)``; raises ``ValueError`` on a corrupt packet."""
+        try:
+            raw = self._dec.decode(bytes(packet), self._max_frame)
+        except opuslib.OpusError as exc:
+            raise ValueError(f"invalid Opus packet: {exc}") from exc
+        return np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+class PcmEncoder:
+    """float32 PCM at ``in_rate`` -> s16le bytes at ``out_rate`` in ``chunk_ms`` chunks.
+
+    Every message but the last holds exactly ``out_rate * chunk_ms / 1000`` samples (441 at
+    22050 Hz, 20 ms); ``flush`` returns the remainder unpadded.
+    """
+
+    format = "pcm_s16le"
+
+    def __init__(self, in_rate: int = 24000, out_rate: int = 24000, chunk_ms: int = 20) -> None:
+        if out_rate not in PCM_RATES:
+            raise UnsupportedAudioFormatError(
+                f"pcm_s16le supports sample rates {', '.join(map(str, PCM_RATES))}; got {out_rate}"
+            )
+        if not 5 <= chunk_ms <= 1000:
+            raise UnsupportedAudioFormatError(f"chunk_ms must be 5..1000, got {chunk_ms}")
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self.frame_ms: float = chunk_ms
+        self.chunk_samples = round(out_rate * chunk_ms / 1000)
+        self._resampler = StreamingResampler(in_rate, out_rate)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self.samples_encoded = 0
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples_encoded / self.out_rate
+
+    def _chunks(self, x: np.ndarray, final: bool) -> list[bytes]:
+        buf = np.concatenate([self._pending, x]) if self._pending.shape[0] else x
+        n = buf.shape[0] // self.chunk_samples
+        cut = buf.shape[0] if final else n * self.chunk_samples
+        out = [
+            float_to_s16(buf[i : min(i + self.chunk_samples, cut)]).astype("<i2").tobytes()
+            for i in range(0, cut, self.chunk_samples)
+        ]
+        self._pending = buf[cut:].copy()
+        self.samples_encoded += cut
+        return out
+
+    def encode(self, pcm: np.ndarray) -> list[bytes]:
+        """float32 ``(n,)`` at ``in_rate`` -> complete s16le chunks at ``out_rate``."""
+        return self._chunks(self._resampler.process(pcm), final=False)
+
+    def flush(self) -> list[bytes]:
+        """The remaining samples (the last chunk may be short)."""
+        return self._chunks(self._resampler.flush(), final=True)
+
+
+def make_encoder(
+    fmt: str, out_rate: int, audio: AudioConfig, in_rate: int = 24000
+) -> OpusFrameEncoder | PcmEncoder:
+    """Build the encoder for a session's ``format`` / ``sample_rate``.
+
+    Raises ``UnsupportedAudioFormatError`` (an ``InvalidOptionError``) for an unknown format or a
+    rate the format cannot carry.
+    """
+    if fmt == "opus":
+        return OpusFrameEncoder(
+            sample_rate=out_rate,
+            bitrate=audio.opus_bitrate,
+            application=audio.opus_application,
+            frame_ms=audio.frame_ms,
+            in_rate=in_rate,
+        )
+    if fmt == "pcm_s16le":
+        return PcmEncoder(in_rate=in_rate, out_rate=out_rate, chunk_ms=audio.frame_ms)
+    raise UnsupportedAudioFormatError(f"unknown audio format {fmt!r} (expected 'opus' or 'pcm_s16le')")
