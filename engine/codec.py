@@ -26,10 +26,22 @@ PCM_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 AudioFormat = Literal["opus", "pcm_s16le"]
 
 
-class UnsupportedAudioFormatError(InvalidOptionError, ValueError):
-    """An output format, sample rate, bitrate or frame length the codecs do not support."""
+class AudioCodecError(InvalidOptionError, ValueError):
+    """A codec argument out of range (bitrate, frame length, application)."""
+
+    code = "invalid_option"
+
+
+class UnsupportedAudioFormatError(AudioCodecError):
+    """An output format other than ``opus`` / ``pcm_s16le``."""
 
     code = "unsupported_format"
+
+
+class UnsupportedSampleRateError(AudioCodecError):
+    """A sample rate the requested format cannot carry."""
+
+    code = "unsupported_sample_rate"
 
 
 def _as_mono_f32(pcm: np.ndarray) -> np.ndarray:
@@ -56,7 +68,7 @@ class StreamingResampler:
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
         if in_rate <= 0 or out_rate <= 0:
-            raise UnsupportedAudioFormatError("sample rates must be positive")
+            raise UnsupportedSampleRateError("sample rates must be positive")
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._identity = in_rate == out_rate
@@ -150,17 +162,15 @@ class OpusFrameEncoder:
         in_rate: int | None = None,
     ) -> None:
         if sample_rate not in OPUS_RATES:
-            raise UnsupportedAudioFormatError(
+            raise UnsupportedSampleRateError(
                 f"Opus supports sample rates {', '.join(map(str, OPUS_RATES))}; got {sample_rate}"
             )
         if not 6000 <= bitrate <= 510000:
-            raise UnsupportedAudioFormatError(f"Opus bitrate must be 6000..510000, got {bitrate}")
+            raise AudioCodecError(f"Opus bitrate must be 6000..510000, got {bitrate}")
         if frame_ms not in OPUS_FRAME_MS:
-            raise UnsupportedAudioFormatError(
-                f"Opus frame_ms must be one of {OPUS_FRAME_MS}, got {frame_ms}"
-            )
+            raise AudioCodecError(f"Opus frame_ms must be one of {OPUS_FRAME_MS}, got {frame_ms}")
         if application not in OPUS_APPLICATIONS:
-            raise UnsupportedAudioFormatError(
+            raise AudioCodecError(
                 f"Opus application must be one of {OPUS_APPLICATIONS}, got {application!r}"
             )
         self.out_rate = sample_rate
@@ -222,7 +232,7 @@ class OpusFrameDecoder:
 
     def __init__(self, sample_rate: int = 24000) -> None:
         if sample_rate not in OPUS_RATES:
-            raise UnsupportedAudioFormatError(
+            raise UnsupportedSampleRateError(
                 f"Opus supports sample rates {', '.join(map(str, OPUS_RATES))}; got {sample_rate}"
             )
         self.sample_rate = sample_rate
@@ -249,11 +259,11 @@ class PcmEncoder:
 
     def __init__(self, in_rate: int = 24000, out_rate: int = 24000, chunk_ms: int = 20) -> None:
         if out_rate not in PCM_RATES:
-            raise UnsupportedAudioFormatError(
+            raise UnsupportedSampleRateError(
                 f"pcm_s16le supports sample rates {', '.join(map(str, PCM_RATES))}; got {out_rate}"
             )
         if not 5 <= chunk_ms <= 1000:
-            raise UnsupportedAudioFormatError(f"chunk_ms must be 5..1000, got {chunk_ms}")
+            raise AudioCodecError(f"chunk_ms must be 5..1000, got {chunk_ms}")
         self.in_rate = in_rate
         self.out_rate = out_rate
         self.frame_ms: float = chunk_ms
@@ -292,8 +302,9 @@ def make_encoder(
 ) -> OpusFrameEncoder | PcmEncoder:
     """Build the encoder for a session's ``format`` / ``sample_rate``.
 
-    Raises ``UnsupportedAudioFormatError`` (an ``InvalidOptionError``) for an unknown format or a
-    rate the format cannot carry.
+    Raises ``UnsupportedAudioFormatError`` for an unknown format and ``UnsupportedSampleRateError``
+    for a rate the format cannot carry (both ``InvalidOptionError`` and ``ValueError`` subclasses,
+    with the server's wire codes ``unsupported_format`` / ``unsupported_sample_rate``).
     """
     if fmt == "opus":
         return OpusFrameEncoder(
@@ -305,4 +316,6 @@ def make_encoder(
         )
     if fmt == "pcm_s16le":
         return PcmEncoder(in_rate=in_rate, out_rate=out_rate, chunk_ms=audio.frame_ms)
-    raise UnsupportedAudioFormatError(f"unknown audio format {fmt!r} (expected 'opus' or 'pcm_s16le')")
+    raise UnsupportedAudioFormatError(
+        f"unknown audio format {fmt!r} (expected 'opus' or 'pcm_s16le')"
+    )

@@ -135,7 +135,7 @@ def test_shaper_envelope() -> None:
     assert abs(speech[-1]) < 1e-6
     assert np.all(np.diff(speech[:n_in]) >= 0)
     assert np.all(np.diff(speech[-n_out:]) <= 0)
-    np.testing.assert_array_equal(speech[n_in : -n_out], 1.0)  # untouched in between
+    np.testing.assert_array_equal(speech[n_in:-n_out], 1.0)  # untouched in between
     np.testing.assert_array_equal(y[x.shape[0] :], 0.0)
 
 

@@ -12,12 +12,14 @@ import torchaudio
 from engine.base import InvalidOptionError
 from engine.codec import (
     PCM_RATES,
+    AudioCodecError,
     AudioEncoder,
     OpusFrameDecoder,
     OpusFrameEncoder,
     PcmEncoder,
     StreamingResampler,
     UnsupportedAudioFormatError,
+    UnsupportedSampleRateError,
     make_encoder,
 )
 from engine.config import AudioConfig
@@ -138,14 +140,14 @@ def test_opus_encoder_resamples_when_rates_differ() -> None:
     ],
 )
 def test_opus_encoder_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
-    with pytest.raises(UnsupportedAudioFormatError):
+    with pytest.raises(AudioCodecError):
         OpusFrameEncoder(**kwargs)  # type: ignore[arg-type]
 
 
 def test_opus_decoder_rejects_garbage() -> None:
     with pytest.raises(ValueError, match="Opus"):
         OpusFrameDecoder().decode(b"\xff\xff\xff")
-    with pytest.raises(UnsupportedAudioFormatError):
+    with pytest.raises(UnsupportedSampleRateError):
         OpusFrameDecoder(44100)
 
 
@@ -209,9 +211,12 @@ def test_make_encoder_and_protocol() -> None:
         assert enc.frame_ms == audio.frame_ms
     assert (opus.format, opus.out_rate) == ("opus", 24000)
     assert (pcm.format, pcm.out_rate) == ("pcm_s16le", 16000)
-    with pytest.raises(InvalidOptionError, match="format"):
+    with pytest.raises(UnsupportedAudioFormatError, match="format") as fmt_err:
         make_encoder("mp3", 24000, audio)
-    with pytest.raises(UnsupportedAudioFormatError, match="22050"):
+    assert isinstance(fmt_err.value, InvalidOptionError)
+    assert fmt_err.value.code == "unsupported_format"
+    with pytest.raises(UnsupportedSampleRateError, match="22050") as rate_err:
         make_encoder("opus", 22050, audio)
+    assert rate_err.value.code == "unsupported_sample_rate"
     with pytest.raises(ValueError, match="11025"):
         make_encoder("pcm_s16le", 11025, audio)
