@@ -34,9 +34,7 @@ class ChunkerConfig:
             want = bool if f.type in ("bool", bool) else int
             # bool is a subclass of int: reject True as a length and 1 as a flag
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise ValueError(
-                    f"ChunkerConfig.{f.name} must be {want.__name__}, got {value!r}"
-                )
+                raise ValueError(f"ChunkerConfig.{f.name} must be {want.__name__}, got {value!r}")
         if self.max_chars < 8:
             raise ValueError(f"ChunkerConfig.max_chars must be >= 8, got {self.max_chars}")
         for name in ("first_min_chars", "min_chars"):
