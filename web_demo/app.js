@@ -1,0 +1,344 @@
+// The demo page: compose text, speak it through /v1/stream, show live measurements.
+//
+// For tests and curious users: window.ttsDemo
+//   .stats            a fresh snapshot (getter): framesReceived, framesDecoded, framesDropped,
+//                     samplesPlayed (AudioContext rate), secondsPlayed, outputRate, underruns,
+//                     ttfaMs (client: Speak click or first typed text -> first audio frame),
+//                     serverTtfaMs, rtf, serverDone (last done/flushed message), lastError,
+//                     playing, finished (done received and everything played), format, segment.
+//   .speak(text)      -> Promise resolving with the stats when the utterance has played to the end
+//                     (or was stopped); rejects when the server refuses it.
+//   .stop()           -> sends `clear` and silences playback at once (returns undefined).
+//   .ready            Promise resolved once voices and /v1/info are loaded.
+
+import { StreamPlayer, opusUnavailableReason } from "./player.js";
+import { StreamSession } from "./session.js";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  text: $("text"), voice: $("voice"), format: $("format"), nfe: $("nfe"), nfeField: $("nfe-field"),
+  speed: $("speed"), speedOut: $("speed-out"), speak: $("speak"), stop: $("stop"), live: $("live"),
+  notice: $("notice"), caption: $("caption"), segments: $("segments"), scope: $("scope"),
+  enginePill: $("engine-pill"), connPill: $("conn-pill"), meter: $("meter"),
+  ttfa: $("stat-ttfa"), serverTtfa: $("stat-server-ttfa"), rtf: $("stat-rtf"), played: $("stat-played"),
+  underruns: $("stat-underruns"), frames: $("stat-frames"), buffer: $("stat-buffer"),
+};
+
+const state = {
+  session: null, // the open session, if any
+  shown: null, // the session whose numbers are on screen (stays after it closes)
+  info: null,
+  serverDone: null,
+  doneReceived: false,
+  lastError: null,
+  finishWaiters: [],
+  liveSent: 0, // characters of the textarea already sent in live mode
+};
+
+const player = new StreamPlayer({
+  cushionMs: 80,
+  onStats: () => {
+    render();
+    checkFinished();
+  },
+  onSegment: (segment) => showSegment(segment),
+  onError: (message) => showError(message),
+});
+
+function notice(text) {
+  ui.notice.hidden = !text;
+  ui.notice.textContent = text ?? "";
+}
+
+function showError(message) {
+  state.lastError = message;
+  ui.connPill.textContent = "error";
+  ui.connPill.dataset.state = "error";
+  notice(message);
+}
+
+function setConn(text, st) {
+  ui.connPill.textContent = text;
+  ui.connPill.dataset.state = st;
+}
+
+const fmtMs = (v) => (v === null || v === undefined ? "–" : `${Math.round(v)} ms`);
+
+function stats() {
+  const s = player.stats;
+  return {
+    ...s,
+    ttfaMs: state.shown?.ttfaMs ?? null,
+    serverTtfaMs: state.serverDone?.ttfa_ms ?? null,
+    rtf: state.serverDone?.rtf ?? null,
+    serverDone: state.serverDone,
+    lastError: state.lastError ?? s.lastError ?? null,
+    // everything the server sent is decoded and played out
+    finished:
+      state.doneReceived && s.framesDecoded >= s.framesReceived && s.samplesPlayed >= s.samplesQueued && !s.playing,
+    format: state.shown?.ready?.format ?? null,
+    segment: player.currentSegment?.text ?? null,
+  };
+}
+
+function render() {
+  const s = stats();
+  ui.ttfa.textContent = fmtMs(s.ttfaMs);
+  ui.serverTtfa.textContent = fmtMs(s.serverTtfaMs);
+  ui.rtf.textContent = s.rtf === null ? "–" : s.rtf.toFixed(3);
+  ui.played.textContent = `${s.secondsPlayed.toFixed(2)} s`;
+  ui.underruns.textContent = String(s.underruns);
+  ui.frames.textContent = `${s.framesReceived} / ${s.framesDecoded}`;
+  ui.buffer.textContent = fmtMs(s.bufferedMs);
+  ui.meter.style.width = `${Math.min(100, Math.round(s.level * 400))}%`;
+}
+
+function showSegment(segment) {
+  ui.caption.textContent = segment ? segment.text : "";
+  for (const li of ui.segments.children) {
+    const index = Number(li.dataset.index);
+    li.classList.toggle("current", segment !== null && index === segment.index);
+    li.classList.toggle("played", segment !== null && index < segment.index);
+  }
+}
+
+function addSegment(msg) {
+  const li = document.createElement("li");
+  li.dataset.index = String(msg.index);
+  li.textContent = msg.text;
+  ui.segments.append(li);
+}
+
+function checkFinished() {
+  if (!state.finishWaiters.length) return;
+  const s = stats();
+  // finished playing, stopped, or the connection ended without `done` (an error)
+  if (s.finished || state.stopped || (state.session === null && !state.doneReceived)) {
+    for (const resolve of state.finishWaiters.splice(0)) resolve(s);
+    ui.stop.disabled = !ui.live.checked;
+  }
+}
+
+function onMessage(msg) {
+  switch (msg.type) {
+    case "ready":
+      setConn(`${msg.format} · ${msg.sample_rate / 1000} kHz`, "open");
+      break;
+    case "segment":
+      addSegment(msg);
+      break;
+    case "flushed":
+      state.serverDone = msg;
+      break;
+    case "done":
+      state.serverDone = msg;
+      state.doneReceived = true;
+      break;
+    case "cleared":
+      if (!ui.live.checked) state.session?.end(); // a stopped Speak: finish the session cleanly
+      break;
+    case "error":
+      showError(`${msg.code}: ${msg.message}`);
+      break;
+  }
+  render();
+  checkFinished();
+}
+
+/** The `start` message for the current controls. */
+function startMessage() {
+  const format = ui.format.value;
+  const start = { voice: ui.voice.value || undefined, format, options: { speed: Number(ui.speed.value) } };
+  if (format === "pcm_s16le") {
+    // Ask for the AudioContext's own rate when the server offers it: nothing to resample then.
+    const rates = state.info?.sample_rates ?? [];
+    const rate = player.ctx?.sampleRate;
+    start.sample_rate = rates.includes(rate) ? rate : 24000;
+  }
+  if (!ui.nfeField.hidden && ui.nfe.value) start.options.nfe = Number(ui.nfe.value);
+  return start;
+}
+
+async function openSession(t0) {
+  closeSession();
+  state.serverDone = null;
+  state.doneReceived = false;
+  state.stopped = false;
+  state.lastError = null;
+  notice(state.fallbackNotice ?? "");
+  ui.segments.replaceChildren();
+  showSegment(null);
+  await player.resume();
+  const session = new StreamSession(player, {
+    onMessage,
+    onClose: (event) => {
+      if (state.session === session) {
+        state.session = null;
+        if (!state.lastError) setConn(event.code === 1000 ? "idle" : `closed ${event.code}`, event.code === 1000 ? "idle" : "error");
+        if (!state.doneReceived) player.stop();
+        checkFinished();
+      }
+    },
+  });
+  state.session = session;
+  state.shown = session;
+  setConn("connecting…", "idle");
+  ui.stop.disabled = false;
+  await session.open(startMessage(), t0);
+  return session;
+}
+
+function closeSession() {
+  const old = state.session;
+  state.session = null;
+  if (old) {
+    player.stop();
+    old.close();
+    checkFinished();
+  }
+}
+
+/** Speak `text` in a fresh session; resolves with the stats once it has played (or was stopped). */
+async function speak(text) {
+  const t0 = performance.now();
+  closeSession(); // settles the previous utterance's promise first
+  const finished = new Promise((resolve) => state.finishWaiters.push(resolve));
+  try {
+    const session = await openSession(t0);
+    session.sendText(text);
+    session.end();
+  } catch (err) {
+    showError(String(err.message ?? err));
+    closeSession();
+    throw err;
+  }
+  return finished;
+}
+
+/** Barge-in: clear on the server, silence here immediately. */
+function stop() {
+  state.stopped = !ui.live.checked; // a stopped Speak is over; live mode goes on
+  if (state.session) state.session.clear(ui.live.checked);
+  else player.stop();
+  state.liveSent = ui.text.value.length;
+  showSegment(null);
+  render();
+}
+
+// --- live mode: the textarea streams like an LLM would --------------------------------------------
+async function liveInput() {
+  if (!ui.live.checked) return;
+  const value = ui.text.value;
+  if (value.length < state.liveSent) state.liveSent = value.length; // edits behind the cursor: ignore
+  const delta = value.slice(state.liveSent);
+  if (!delta) return;
+  state.liveSent = value.length;
+  if (!state.session || state.session.closed) {
+    const opening = (state.liveOpening ??= openSession().finally(() => (state.liveOpening = null)));
+    await opening;
+  }
+  state.session.sendText(delta);
+}
+
+function liveKey(event) {
+  if (ui.live.checked && event.key === "Enter" && !event.shiftKey) {
+    // Enter = "this turn is complete": flush it (the newline itself is still sent as text).
+    queueMicrotask(async () => {
+      await liveInput();
+      state.session?.flush();
+    });
+  }
+}
+
+function liveToggle() {
+  ui.speak.disabled = ui.live.checked;
+  if (ui.live.checked) {
+    state.liveSent = ui.text.value.length; // only what is typed from now on is spoken
+    ui.text.focus();
+  } else if (state.session) {
+    state.session.end();
+  }
+}
+
+// --- waveform ---------------------------------------------------------------------------------------
+function drawScope() {
+  const canvas = ui.scope;
+  const width = (canvas.width = canvas.clientWidth * devicePixelRatio);
+  const height = canvas.height;
+  const g = canvas.getContext("2d");
+  g.clearRect(0, 0, width, height);
+  if (player.analyser) {
+    const data = new Float32Array(player.analyser.fftSize);
+    player.analyser.getFloatTimeDomainData(data);
+    g.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue("--accent");
+    g.lineWidth = 2;
+    g.beginPath();
+    for (let i = 0; i < data.length; i++) {
+      const x = (i / (data.length - 1)) * width;
+      const y = height / 2 - data[i] * height * 0.9;
+      i ? g.lineTo(x, y) : g.moveTo(x, y);
+    }
+    g.stroke();
+  }
+  requestAnimationFrame(drawScope);
+}
+
+// --- start-up ---------------------------------------------------------------------------------------
+async function loadServerInfo() {
+  const [voices, info] = await Promise.all([
+    fetch("v1/voices").then((r) => r.json()),
+    fetch("v1/info").then((r) => r.json()),
+  ]);
+  state.info = info;
+  ui.enginePill.textContent = `${info.engine} · ${info.device}`;
+  ui.voice.replaceChildren(
+    ...voices.voices.map((v) => {
+      const label = v.description ? `${v.name} — ${v.description}` : v.name;
+      const opt = new Option(label, v.name, v.name === voices.default, v.name === voices.default);
+      return opt;
+    }),
+  );
+  const nfe = info.options?.nfe;
+  if (nfe) {
+    const values = Array.isArray(nfe) ? nfe : (nfe.values ?? []);
+    const dflt = Array.isArray(nfe) ? null : nfe.default;
+    ui.nfe.replaceChildren(...values.map((n) => new Option(String(n), String(n), n === dflt, n === dflt)));
+    ui.nfeField.hidden = values.length === 0;
+  }
+}
+
+async function main() {
+  ui.speak.addEventListener("click", () => speak(ui.text.value).catch(() => {}));
+  ui.stop.addEventListener("click", stop);
+  ui.live.addEventListener("change", liveToggle);
+  ui.text.addEventListener("input", () => liveInput().catch((err) => showError(String(err.message ?? err))));
+  ui.text.addEventListener("keydown", liveKey);
+  ui.speed.addEventListener("input", () => (ui.speedOut.textContent = `${Number(ui.speed.value).toFixed(1)}×`));
+
+  const reason = await opusUnavailableReason();
+  if (reason) {
+    ui.format.value = "pcm_s16le";
+    ui.format.querySelector('option[value="opus"]').disabled = true;
+    state.fallbackNotice = `Opus playback is unavailable (${reason}); using PCM instead.`;
+    notice(state.fallbackNotice);
+  }
+  await player.init();
+  render();
+  requestAnimationFrame(drawScope);
+  await loadServerInfo();
+}
+
+const ready = main().catch((err) => {
+  showError(`could not load the server's info: ${err.message ?? err}`);
+  ui.enginePill.textContent = "offline";
+});
+
+window.ttsDemo = {
+  get stats() {
+    return stats();
+  },
+  speak,
+  stop,
+  ready,
+  player,
+};
