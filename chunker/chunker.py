@@ -55,6 +55,13 @@ class SentenceChunker:
         self._pos_w = 0  # weight of buf[:pos]
         self._line_start = True  # buf[0] is at the start of a line
         self._first = True  # the next segment is the utterance's first (fast start)
+        self._reset_split_cache()
+
+    def _reset_split_cache(self) -> None:
+        # positions 1.._nosplit_p of buf were searched for a split point and had none (one long
+        # word): an over-long word is then searched once in total, not once per character
+        self._nosplit_p = 0
+        self._nosplit_w = 0
 
     @property
     def buffered(self) -> str:
@@ -95,6 +102,7 @@ class SentenceChunker:
                 out.append(self._make(text))
             self._buf = self._buf[cut:]
             self._pos = self._pos_w = 0
+            self._reset_split_cache()
             self._line_start = False
 
     def _strip_leading(self) -> None:
@@ -160,8 +168,8 @@ class SentenceChunker:
         pref = max(floor, self.config.max_chars // 4)
         best: dict[int, int] = {}  # class -> last position with a left part >= pref
         fallback = None  # last allowed position with a left part >= floor
-        w = 0
-        for p in range(1, i + 1):
+        w = self._nosplit_w
+        for p in range(self._nosplit_p + 1, i + 1):
             w += char_weight(buf[p - 1])
             cls = break_class(buf, p)
             if cls and w >= floor:
@@ -171,6 +179,8 @@ class SentenceChunker:
         for cls in (1, 2, 3):
             if cls in best:
                 return best[cls]
+        if fallback is None:
+            self._nosplit_p, self._nosplit_w = i, w
         return fallback
 
     # --- output ----------------------------------------------------------------------------

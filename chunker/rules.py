@@ -34,6 +34,7 @@ from chunker.text import (
 
 WAIT = -2  # the decision needs a character not yet seen
 NO = -1  # no boundary here
+MAX_RUN = 8  # longest ender run (and closer run) read as one sentence end
 
 _TITLES = frozenset(
     "dr mr mrs ms mx prof st sr jr mt ft gen col capt cpt lt sgt maj rev hon gov pres rep sen "
@@ -81,10 +82,12 @@ def sentence_end(buf: str, i: int, final: bool, line_start_at_0: bool) -> int:
     """
     n = len(buf)
     j = i
-    while j < n and buf[j] in ENDERS:
+    # runs are capped so that "!!!!..." forever cannot keep the scanner waiting: past the cap
+    # the run simply is not a sentence end, and the length limits take over
+    while j < n and buf[j] in ENDERS and j - i < MAX_RUN:
         j += 1
     run_end = j
-    while j < n and buf[j] in CLOSERS:
+    while j < n and buf[j] in CLOSERS and j - run_end < MAX_RUN:
         j += 1
     if j == n:
         return j if final else WAIT
