@@ -300,16 +300,16 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
 
         tasks = [asyncio.create_task(reader()), asyncio.create_task(writer())]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None and not isinstance(exc, WebSocketDisconnect):
+                    # A malformed frame (e.g. binary) ends the page's connection, nothing else.
+                    log.debug("overlay event socket ended: %r", exc)
         finally:
+            queue.disconnect(outbox)
             for task in tasks:
                 task.cancel()
-            # A disconnect or a malformed frame ends one task; whatever it raised ends here too.
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for result in results:
-                if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect):
-                    log.debug("overlay event socket ended: %r", result)
-            queue.disconnect(outbox)
 
     router.overlay_queue = queue  # type: ignore[attr-defined]  # for tests and introspection
     return router
