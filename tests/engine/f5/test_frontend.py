@@ -28,7 +28,7 @@ SENTENCES = [
     # English: numbers, punctuation, quotes, semicolons, apostrophes, spacing
     "Hello, world!",
     "I have 3 apples; she has 12.5 pears.",
-    "It's a \"quoted\" word, and ‘curly’ “quotes” too.",
+    'It\'s a "quoted" word, and ‘curly’ “quotes” too.',
     "Dr. Smith paid $29.95 at 10:30 a.m. (really?)",
     "  spaced  out  text ",
     "F5-TTS runs at RTF 0.01 on an H100 GPU.",
@@ -103,7 +103,9 @@ def test_tokens_of_known_examples(text: str, expected: list[str]) -> None:
     assert text_to_pinyin_tokens(text) == expected
 
 
-def test_ids_equal_the_reference(ref_utils: Any, ref_tokens: Any, ref_vocab: dict[str, int]) -> None:
+def test_ids_equal_the_reference(
+    ref_utils: Any, ref_tokens: Any, ref_vocab: dict[str, int]
+) -> None:
     fe = TextFrontend(ref_vocab)
     for text in SENTENCES:
         expected = ref_utils.list_str_to_idx([ref_tokens(text)], ref_vocab)[0].tolist()
@@ -187,7 +189,10 @@ class _SilentVocoder:
 def ref_infer(ref_utils: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``f5_tts.infer.utils_infer`` imported with its unused heavy imports stubbed out."""
     monkeypatch.setattr(ref_utils, "rjieba", types.SimpleNamespace(cut=jieba.cut))
-    for name, attrs in {"pydub": ("AudioSegment", "silence"), "transformers": ("pipeline",)}.items():
+    for name, attrs in {
+        "pydub": ("AudioSegment", "silence"),
+        "transformers": ("pipeline",),
+    }.items():
         if importlib.util.find_spec(name) is None:
             stub = types.ModuleType(name)
             for attr in attrs:
@@ -205,9 +210,21 @@ def ref_infer(ref_utils: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     ("step3_text", "raw_text", "gen_text", "speed", "n_samples"),
     [
         # step3_text = the transcript after the reference's preprocess_ref_audio_text ending rule
-        ("Some call me nature. ", "Some call me nature", "Hello there, how are you today?", 1.0, 24000 * 5 + 77),
+        (
+            "Some call me nature. ",
+            "Some call me nature",
+            "Hello there, how are you today?",
+            1.0,
+            24000 * 5 + 77,
+        ),
         ("Some call me nature. ", "Some call me nature.", "Short.", 1.0, 24000 * 5),
-        ("对，这就是我。", "对，这就是我。", "今天天气很好，我们出去走走吧。", 1.0, 24000 * 4 + 255),
+        (
+            "对，这就是我。",
+            "对，这就是我。",
+            "今天天气很好，我们出去走走吧。",
+            1.0,
+            24000 * 4 + 255,
+        ),
         ("对，这就是我. ", "对，这就是我", "Mixed 中英文 text here.", 1.3, 24000 * 6 + 3),
         ("It works!. ", "It works!", "A somewhat longer sentence to speak slowly.", 0.7, 24000 * 3),
     ],
@@ -226,7 +243,9 @@ def test_duration_rule_equals_the_reference(
     assert len(out) == 1 and len(model.calls) == 1
     ref_text = fix_reference_text(raw_text)
     assert model.calls[0]["text"] == text_to_pinyin_tokens(ref_text + gen_text)
-    assert model.calls[0]["duration"] == estimate_frames(n_samples // 256, ref_text, gen_text, speed)
+    assert model.calls[0]["duration"] == estimate_frames(
+        n_samples // 256, ref_text, gen_text, speed
+    )
 
 
 def test_short_text_is_spoken_slower() -> None:

@@ -1,0 +1,313 @@
+"""Voices: reference-clip preprocessing, upload validation, the folder round trip and its cache."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import jieba
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from engine.base import EngineError, UnknownVoiceError
+from engine.f5.voices import (
+    PreparedVoice,
+    VoiceError,
+    VoiceExistsError,
+    VoiceStore,
+    VoiceTooLargeError,
+    clip_at_silence,
+    prepare_reference_audio,
+    trim_silence,
+)
+from tests.f5_oracle import reference_module
+
+SR = 16000
+
+
+def tone(seconds: float, amp: float = 0.3, sr: int = SR, hz: float = 220.0) -> np.ndarray:
+    t = np.arange(round(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def silence(seconds: float, sr: int = SR) -> np.ndarray:
+    return np.zeros(round(seconds * sr), np.float32)
+
+
+def wav_bytes(audio: np.ndarray, sr: int = SR, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+# --- preprocessing
+
+
+def test_quiet_stereo_16k_clip_is_cut_at_the_gap_trimmed_and_raised() -> None:
+    speech = np.concatenate([silence(0.5), tone(8.0), silence(1.5), tone(8.0), silence(0.5)])
+    stereo = np.stack([speech * 0.1, speech * 0.06], axis=1)  # quiet and unequal channels
+
+    audio, original_rms = prepare_reference_audio(stereo, SR)
+
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    # cut at the 1.5 s gap after the first 8 s: leading 0.5 s and the gap trimmed, 50 ms appended
+    assert len(audio) / 24000 == pytest.approx(8.05, abs=0.011)
+    assert len(audio) <= 12 * 24000
+    assert rms(audio) == pytest.approx(0.1, rel=0.01)
+    expected_rms = rms(np.concatenate([tone(8.0) * 0.08, silence(0.05)]))
+    assert original_rms == pytest.approx(expected_rms, rel=0.01)
+    # edges: sound in the first 10 ms, the appended 50 ms is silent, sound just before it
+    assert np.abs(audio[:240]).max() > 0.05
+    assert np.abs(audio[-int(0.045 * 24000) :]).max() < 1e-3
+    assert np.abs(audio[-int(0.07 * 24000) : -int(0.06 * 24000)]).max() > 0.05
+
+
+def test_loud_audio_is_not_turned_down() -> None:
+    audio, original_rms = prepare_reference_audio(tone(3.0, amp=0.8), SR)
+    assert original_rms > 0.5
+    assert rms(audio) == pytest.approx(original_rms, rel=0.01)
+
+
+def test_a_clip_without_silence_is_cut_hard_at_12_s() -> None:
+    clipped = clip_at_silence(tone(20.0), SR)
+    assert len(clipped) == 12 * SR
+
+
+def test_short_pauses_are_used_when_there_is_no_long_one() -> None:
+    # 4 s phrases with 300 ms pauses: no 1 s silence, so the 100 ms / -40 dBFS split is used
+    phrases = [tone(4.0)] + [np.concatenate([silence(0.3), tone(4.0)]) for _ in range(4)]
+    clipped = clip_at_silence(np.concatenate(phrases), SR)
+    assert 6 * SR < len(clipped) < 12 * SR
+    # it ends inside a pause: the last 100 ms are silent
+    assert np.abs(clipped[-int(0.1 * SR) :]).max() == 0.0
+
+
+def test_long_silences_shrink_to_two_seconds() -> None:
+    clip = np.concatenate([tone(3.0), silence(5.0), tone(3.0)])
+    clipped = clip_at_silence(clip, SR)
+    assert len(clipped) == 8 * SR  # each side keeps 1 s of the 5 s silence
+
+
+def test_trim_silence_removes_quiet_edges_only() -> None:
+    clip = np.concatenate([silence(0.3), tone(1.0, amp=0.001), tone(1.0), silence(0.2)])
+    trimmed = trim_silence(clip, SR)
+    # the -63 dBFS tone counts as silence at -42 dBFS; trimming works on 10 ms blocks
+    assert len(trimmed) == pytest.approx(SR, abs=SR // 100)
+    assert np.abs(trimmed[:160]).max() > 0.05
+    assert trim_silence(silence(1.0), SR).size == 0
+
+
+def test_silent_audio_is_rejected() -> None:
+    with pytest.raises(VoiceError, match="silent"):
+        prepare_reference_audio(silence(3.0), SR)
+    with pytest.raises(VoiceError, match="less than"):
+        prepare_reference_audio(np.concatenate([silence(2.0), tone(0.2)]), SR)
+
+
+class _RecordingModel:
+    def __init__(self) -> None:
+        self.cond: torch.Tensor | None = None
+
+    def sample(self, cond: torch.Tensor, duration: int, **_: Any) -> Any:
+        self.cond = cond.clone()
+        return torch.zeros(1, duration, 100), None
+
+
+class _SilentVocoder:
+    def decode(self, mel: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(1, mel.shape[-1] * 256)
+
+
+@pytest.fixture
+def ref_infer(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``f5_tts.infer.utils_infer`` imported with its unused heavy imports stubbed out."""
+    ref_utils = reference_module("model.utils")
+    monkeypatch.setattr(ref_utils, "rjieba", types.SimpleNamespace(cut=jieba.cut))
+    for name, attrs in {
+        "pydub": ("AudioSegment", "silence"),
+        "transformers": ("pipeline",),
+    }.items():
+        if importlib.util.find_spec(name) is None:
+            stub = types.ModuleType(name)
+            for attr in attrs:
+                setattr(stub, attr, None)
+            monkeypatch.setitem(sys.modules, name, stub)
+    monkeypatch.setattr(sys.modules["f5_tts.model"], "CFM", object, raising=False)
+    monkeypatch.delitem(sys.modules, "f5_tts.infer.utils_infer", raising=False)
+    yield importlib.import_module("f5_tts.infer.utils_infer")
+    sys.modules.pop("f5_tts.infer.utils_infer", None)
+
+
+@pytest.mark.parametrize(("sr", "amp"), [(16000, 0.05), (44100, 0.02), (24000, 0.5)])
+def test_mono_rms_and_resampling_equal_the_reference(ref_infer: Any, sr: int, amp: float) -> None:
+    # A clip with nothing to clip or trim: our output must be what the reference feeds its model
+    # (the reference's preprocess_ref_audio_text appends the 50 ms of silence before this stage).
+    clip = tone(2.0, amp=amp, sr=sr, hz=330.0)
+    stereo = np.stack([clip * 1.5, clip * 0.5])  # (channels, n), mean = clip
+    padded = np.concatenate([stereo, np.zeros((2, round(0.05 * sr)), np.float32)], axis=1)
+    model = _RecordingModel()
+    list(
+        ref_infer.infer_batch_process(
+            (torch.from_numpy(padded), sr), "Reference text.  ", ["Some generated text."],
+            model, _SilentVocoder(), progress=None, device="cpu",
+        )
+    )  # fmt: skip
+    assert model.cond is not None
+    ours, _ = prepare_reference_audio(stereo.T, sr)
+    expected = model.cond.squeeze(0).numpy()
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+# --- the store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> VoiceStore:
+    return VoiceStore(tmp_path / "voices", max_upload_bytes=1_000_000, max_seconds=8.0)
+
+
+def speech_clip(seconds: float = 2.0, sr: int = SR) -> np.ndarray:
+    return np.concatenate([silence(0.2, sr), tone(seconds, amp=0.05, sr=sr), silence(0.2, sr)])
+
+
+def test_add_names_prepare_remove_round_trip(store: VoiceStore) -> None:
+    assert store.names() == []
+    added = store.add("alice", wav_bytes(speech_clip()), "  Hello, I am Alice\n")
+    assert isinstance(added, PreparedVoice)
+    assert store.names() == ["alice"]
+    assert (store.folder / "alice.txt").read_text(encoding="utf-8") == "Hello, I am Alice\n"
+    saved, saved_sr = sf.read(store.folder / "alice.wav", dtype="float32")
+    assert saved_sr == 24000 and saved.ndim == 1  # stored whole, mono 24 kHz
+    assert len(saved) == pytest.approx(2.4 * 24000, abs=2)
+
+    voice = store.prepare("alice")
+    assert voice.name == "alice"
+    assert voice.text == "Hello, I am Alice.  "
+    assert voice.audio.dtype == np.float32 and not voice.audio.flags.writeable
+    assert voice.duration_s == pytest.approx(2.05, abs=0.011)
+    assert voice.duration_s == pytest.approx(added.duration_s, abs=1e-3)
+    assert voice.rms == pytest.approx(added.rms, rel=1e-3)
+    assert rms(voice.audio) == pytest.approx(0.1, rel=0.02)
+
+    store.remove("alice")
+    assert store.names() == []
+    assert list(store.folder.iterdir()) == []
+    with pytest.raises(UnknownVoiceError):
+        store.prepare("alice")
+    with pytest.raises(UnknownVoiceError):
+        store.remove("alice")
+
+
+def test_adding_an_existing_name_fails(store: VoiceStore) -> None:
+    store.add("bob", wav_bytes(speech_clip()), "First take.")
+    with pytest.raises(VoiceExistsError) as info:
+        store.add("bob", wav_bytes(speech_clip(3.0)), "Second take.")
+    assert info.value.code == "voice_exists"
+    assert store.prepare("bob").text == "First take.  "
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype"), [("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("WAV", "FLOAT")]
+)
+def test_flac_ogg_and_float_wav_uploads_are_accepted(
+    store: VoiceStore, fmt: str, subtype: str
+) -> None:
+    stereo = np.stack([speech_clip(sr=22050), speech_clip(sr=22050) * 0.5], axis=1)
+    voice = store.add("clip", wav_bytes(stereo, 22050, fmt, subtype), "你好，世界")
+    assert voice.text == "你好，世界.  "
+    assert voice.duration_s == pytest.approx(2.05, abs=0.02)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "../etc", "x" * 65, "with space", "é", "a.b"])
+def test_bad_names_are_rejected(store: VoiceStore, name: str) -> None:
+    with pytest.raises(VoiceError, match="name"):
+        store.add(name, wav_bytes(speech_clip()), "Some text.")
+    assert not store.folder.exists() or not any(store.folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("audio", "text", "error", "match"),
+    [
+        (b"RIFF not really a wav file", "Text.", VoiceError, "decoded"),
+        (wav_bytes(tone(0.5)), "Text.", VoiceError, "s long"),
+        (wav_bytes(tone(9.0)), "Text.", VoiceError, "s long"),
+        (wav_bytes(silence(2.0)), "Text.", VoiceError, "silent"),
+        (wav_bytes(speech_clip()), " \n\t", VoiceError, "empty"),
+        (wav_bytes(speech_clip()), "x" * 501, VoiceError, "longer than 500"),
+        (b"\0" * 1_000_001, "Text.", VoiceTooLargeError, "larger"),
+    ],
+    ids=["undecodable", "too_short", "too_long", "silent", "empty_text", "long_text", "too_big"],
+)
+def test_invalid_uploads_are_rejected(
+    store: VoiceStore, audio: bytes, text: str, error: type[EngineError], match: str
+) -> None:
+    with pytest.raises(error, match=match) as info:
+        store.add("voice", audio, text)
+    assert isinstance(info.value, EngineError) and info.value.code in {
+        "invalid_voice",
+        "voice_too_large",
+    }
+    assert store.names() == []
+    assert not store.folder.exists() or not any(store.folder.iterdir())
+
+
+def test_prepare_is_cached_until_the_files_change(store: VoiceStore) -> None:
+    store.add("carol", wav_bytes(speech_clip()), "Version one.")
+    first = store.prepare("carol")
+    assert store.prepare("carol") is first
+    txt = store.folder / "carol.txt"
+    txt.write_text("Version two", encoding="utf-8")
+    stat = txt.stat()
+    os.utime(txt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    second = store.prepare("carol")
+    assert second is not first
+    assert second.text == "Version two.  "
+    assert store.prepare("carol") is second
+
+
+def test_folder_voices_in_any_layout_are_listed_and_prepared(tmp_path: Path) -> None:
+    folder = tmp_path / "voices"
+    folder.mkdir()
+    stereo = np.stack([speech_clip(sr=44100), speech_clip(sr=44100)], axis=1)
+    sf.write(folder / "dave.wav", stereo, 44100, subtype="PCM_24")
+    (folder / "dave.txt").write_text("\ufeff这是参考。\n", encoding="utf-8")
+    sf.write(folder / "no_transcript.wav", speech_clip(), SR)
+    (folder / ".dave.wav.1234.tmp").write_bytes(b"partial")
+    store = VoiceStore(folder)
+    assert store.names() == ["dave"]
+    voice = store.prepare("dave")
+    assert voice.text == "这是参考。"
+    assert voice.duration_s == pytest.approx(2.05, abs=0.011)
+    with pytest.raises(UnknownVoiceError):
+        store.prepare("no_transcript")
+    with pytest.raises(UnknownVoiceError):
+        store.prepare("../voices/dave")
+
+
+def test_broken_folder_voices_raise_voice_errors(tmp_path: Path) -> None:
+    (tmp_path / "junk.wav").write_bytes(b"not audio at all")
+    (tmp_path / "junk.txt").write_text("Text.", encoding="utf-8")
+    sf.write(tmp_path / "mute.wav", speech_clip(), SR)
+    (tmp_path / "mute.txt").write_text("  \n", encoding="utf-8")
+    store = VoiceStore(tmp_path)
+    with pytest.raises(VoiceError, match="cannot be read"):
+        store.prepare("junk")
+    with pytest.raises(VoiceError, match="empty transcript"):
+        store.prepare("mute")
+
+
+def test_missing_folder_lists_no_voices(tmp_path: Path) -> None:
+    assert VoiceStore(tmp_path / "absent").names() == []
