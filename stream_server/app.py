@@ -1,0 +1,214 @@
+"""The FastAPI app: WebSocket ``/v1/stream`` glue, HTTP routes, lifespan (engine, worker, warm-up).
+
+The WebSocket handler is thin: a reader task feeds parsed messages to the ``Session`` state machine,
+a writer task drains the session's bounded outbox to the socket; when one ends the other is
+cancelled. All engine work runs on the ``Scheduler``'s worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from engine.base import Engine
+from stream_server.config import AppConfig
+from stream_server.connection import Connection, Hub
+from stream_server.errors import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
+from stream_server.metrics import ServerMetrics
+from stream_server.protocol import PROTOCOL_VERSION, SAMPLE_RATES, Error, encode_server_message
+
+log = logging.getLogger("stream_server")
+
+_WEB_SUFFIXES = (".html", ".js", ".mjs", ".css", ".svg", ".png", ".ico", ".json", ".wasm")
+
+
+class _WebDemoFiles(StaticFiles):
+    """StaticFiles for web_demo/ that serves only web assets (never the package's .py files)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        name = Path(path).name
+        if name not in ("", ".") and not name.endswith(_WEB_SUFFIXES):
+            raise HTTPException(status_code=404)
+        return await super().get_response(path, scope)
+
+
+def _web_demo_dir() -> Path:
+    return Path(str(importlib.resources.files("web_demo")))
+
+
+def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: str = "given") -> FastAPI:
+    """Build the app. ``engine`` None: ``engine.factory.create_engine(config.engine)`` at start-up.
+
+    ``/healthz`` answers 503 until the engine's warm-up (run on the worker thread) is done.
+    """
+    hub = Hub(config, ServerMetrics(), engine, engine_reason)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if hub.engine is None:
+            from engine.factory import create_engine
+
+            hub.engine, hub.engine_reason = await asyncio.to_thread(create_engine, config.engine)
+        hub.start(asyncio.get_running_loop())
+        warm = asyncio.create_task(hub.warm_up(), name="warm-up")
+        try:
+            yield
+        finally:
+            warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm
+            await hub.shutdown()
+            await asyncio.to_thread(hub.stop)
+
+    app = FastAPI(title="stream-tts", version=str(PROTOCOL_VERSION), lifespan=lifespan)
+    app.state.hub = hub
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        if not hub.warm:
+            body = {"status": "error" if hub.warmup_error else "warming_up", "error": hub.warmup_error}
+            return JSONResponse(body, status_code=503)
+        eng = hub.require_engine()
+        return JSONResponse(
+            {"status": "ok", "engine": eng.name, "device": eng.device, "warmup_s": hub.warmup_s}
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/voices")
+    async def voices() -> JSONResponse:
+        eng = hub.require_engine()
+        infos = await asyncio.to_thread(eng.voices)
+        return JSONResponse(
+            {
+                "engine": eng.name,
+                "default": eng.default_voice,
+                "voices": [{"name": v.name, "language": v.language, "description": v.description} for v in infos],
+            }
+        )
+
+    @app.get("/v1/info")
+    async def info() -> JSONResponse:
+        eng = hub.require_engine()
+        options = ["speed"] + (["nfe", "seed", "cfg_strength"] if eng.name == "f5" else [])
+        s = config.server
+        return JSONResponse(
+            {
+                "protocol_version": PROTOCOL_VERSION,
+                "engine": eng.name,
+                "engine_reason": hub.engine_reason,
+                "device": eng.device,
+                "sample_rate": eng.sample_rate,
+                "default_voice": eng.default_voice,
+                "default_format": s.default_format,
+                "formats": list(SAMPLE_RATES),
+                "sample_rates": {k: list(v) for k, v in SAMPLE_RATES.items()},
+                "frame_ms": config.audio.frame_ms,
+                "options": options,
+                "ready": hub.warm,
+                "limits": {
+                    "max_message_chars": s.max_message_chars,
+                    "max_session_chars": s.max_session_chars,
+                    "max_pending_segments": s.max_pending_segments,
+                    "max_sessions": s.max_sessions,
+                    "idle_timeout_s": s.idle_timeout_s,
+                },
+            }
+        )
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        refusal = None
+        if hub.shutting_down:
+            refusal = ("shutting_down", "server is shutting down", CLOSE_GOING_AWAY)
+        elif len(hub.connections) >= config.server.max_sessions:
+            hub.metrics.rejected_sessions.inc()
+            refusal = ("overloaded", "too many sessions; try again later", CLOSE_TRY_AGAIN_LATER)
+        if refusal is not None:
+            code, message, close_code = refusal
+            hub.metrics.observe_error(code)
+            with contextlib.suppress(Exception):
+                await websocket.send_text(encode_server_message(Error(code, message)))
+                await websocket.close(close_code, code)
+            return
+        await Connection(hub, websocket, uuid.uuid4().hex[:12]).run()
+
+    _include_optional_routers(app, hub)
+
+    web_dir = _web_demo_dir()
+
+    @app.get("/overlay", include_in_schema=False)
+    async def overlay_page() -> FileResponse:
+        page = web_dir / "overlay.html"
+        if not page.is_file():
+            raise HTTPException(status_code=404)
+        return FileResponse(page)
+
+    app.mount("/", _WebDemoFiles(directory=web_dir, html=True), name="web_demo")
+    return app
+
+
+def _include_optional_routers(app: FastAPI, hub: Hub) -> None:
+    """The voice upload and overlay routers (built by other modules of this package)."""
+    from stream_server.overlay import create_overlay_router
+    from stream_server.voice_routes import create_voice_router
+
+    app.include_router(create_voice_router(lambda: getattr(hub.engine, "voice_store", None)))
+    app.include_router(create_overlay_router(hub.config.server))
+
+
+class StreamServer(uvicorn.Server):
+    """uvicorn's server, telling open sessions ``shutting_down`` (close 1001) before it stops."""
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        hub = _hub_of(self.config.app)
+        if hub is not None and self.servers and self.servers[0].sockets:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            hub.url = f"http://{host}:{port}"
+            hub.bound = True
+            hub.log_ready()
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        hub = _hub_of(self.config.app)
+        if hub is not None:
+            await hub.shutdown()
+        await super().shutdown(sockets)
+
+
+def _hub_of(app: Any) -> Hub | None:
+    state = getattr(app, "state", None)
+    hub = getattr(state, "hub", None)
+    return hub if isinstance(hub, Hub) else None
+
+
+def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> StreamServer:
+    """A uvicorn server for the app (websockets-sansio implementation, lifespan on)."""
+    cfg = uvicorn.Config(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        ws="websockets-sansio",  # the legacy implementation imports deprecated websockets.legacy
+        lifespan="on",
+        log_level=config.server.log_level,
+        **uvicorn_kwargs,
+    )
+    hub = _hub_of(app)
+    if hub is not None:
+        hub.expect_bind = True
+    return StreamServer(cfg)

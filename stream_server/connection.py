@@ -1,0 +1,312 @@
+"""Thin glue between one WebSocket and its ``Session``: a reader task, a writer task, an outbox.
+
+``Hub`` is the app-wide state (engine, scheduler, metrics, open connections, warm-up).
+Everything here runs on the event loop; nothing awaits inside a state change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from engine.base import Engine
+from stream_server.config import AppConfig
+from stream_server.errors import ProtocolError, SessionLimitError
+from stream_server.metrics import ServerMetrics
+from stream_server.protocol import ProtocolLimits, encode_server_message, parse_client_message
+from stream_server.scheduler import Scheduler, SegmentFailed, WorkerEvent
+from stream_server.session import (
+    Action,
+    CancelJobs,
+    Close,
+    EngineInfo,
+    OutItem,
+    Phase,
+    Send,
+    Session,
+    Submit,
+)
+
+log = logging.getLogger("stream_server")
+
+# Outbox slack beyond max_ahead_s: the scheduler parks a session only between chunks, so one
+# engine chunk (up to ~1 s for F5, a whole segment at worst) can land on top of the limit.
+_OUTBOX_SLACK_S = 30.0
+_SHUTDOWN_GRACE_S = 2.0
+
+
+class OutboxFull(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _CloseMarker:
+    code: int
+    reason: str
+
+
+class Outbox:
+    """Bounded FIFO of a session's outgoing items, filled synchronously, drained by the writer."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: deque[OutItem | _CloseMarker] = deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: OutItem | _CloseMarker) -> None:
+        if len(self._items) >= self.capacity:
+            raise OutboxFull(f"outbox over {self.capacity} items")
+        self._items.append(item)
+        self._ready.set()
+
+    def drop_audio(self) -> None:
+        """Forget queued audio frames (urgent close); control messages stay in order."""
+        self._items = deque(i for i in self._items if not (isinstance(i, OutItem) and isinstance(i.payload, bytes)))
+
+    async def get(self) -> OutItem | _CloseMarker:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+
+class Hub:
+    """App-wide state shared by all connections."""
+
+    def __init__(self, config: AppConfig, metrics: ServerMetrics, engine: Engine | None, engine_reason: str) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.engine = engine
+        self.engine_reason = engine_reason
+        self.scheduler: Scheduler | None = None
+        self.connections: set[Connection] = set()
+        self.warm = False
+        self.warmup_s: float | None = None
+        self.warmup_error: str | None = None
+        self.shutting_down = False
+        self.url = f"http://{config.server.host}:{config.server.port}"
+        # set by app.build_server: the ready line waits for the bound address (port 0 in tests)
+        self.expect_bind = False
+        self.bound = False
+        self._ready_logged = False
+
+    def require_engine(self) -> Engine:
+        if self.engine is None:
+            raise RuntimeError("engine not created yet (lifespan not started)")
+        return self.engine
+
+    def require_scheduler(self) -> Scheduler:
+        if self.scheduler is None:
+            raise RuntimeError("scheduler not started (lifespan not started)")
+        return self.scheduler
+
+    def engine_info(self) -> EngineInfo:
+        eng = self.require_engine()
+        return EngineInfo(
+            name=eng.name,
+            device=eng.device,
+            sample_rate=eng.sample_rate,
+            default_voice=eng.default_voice,
+            voice_names=lambda: {v.name for v in eng.voices()},
+        )
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        s = self.config.server
+        # every session keeps at most 2 segments at the scheduler (session.SUBMIT_AHEAD)
+        self.scheduler = Scheduler(
+            self.require_engine(), self.config.audio, max_jobs=2 * s.max_sessions + 8, max_ahead_s=s.max_ahead_s
+        )
+        self.scheduler.start(loop)
+
+    def stop(self) -> None:
+        """Join the worker thread (blocking: call through asyncio.to_thread)."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    async def warm_up(self) -> None:
+        eng = self.require_engine()
+        t0 = time.perf_counter()
+        try:
+            fut = self.require_scheduler().call(eng.warmup)
+            await asyncio.wait_for(asyncio.wrap_future(fut), self.config.server.warmup_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.warmup_error = f"warm-up failed: {exc}"
+            log.exception("engine warm-up failed")
+            return
+        self.warmup_s = round(time.perf_counter() - t0, 3)
+        self.warm = True
+        self.log_ready()
+
+    def log_ready(self) -> None:
+        """The one ready line, once both warm-up is done and the socket is bound."""
+        if self._ready_logged or not self.warm or (self.expect_bind and not self.bound):
+            return
+        self._ready_logged = True
+        eng = self.require_engine()
+        log.info(
+            "stream-tts ready at %s | engine %s (%s) | device %s | warm-up %.2f s",
+            self.url, eng.name, self.engine_reason, eng.device, self.warmup_s or 0.0,
+        )
+
+    async def shutdown(self) -> None:
+        """Tell every open session ``shutting_down`` (close 1001) and wait briefly for them."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        for conn in list(self.connections):
+            conn.shutdown()
+        waits = [asyncio.ensure_future(c.finished.wait()) for c in self.connections]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=_SHUTDOWN_GRACE_S)
+            for w in pending:
+                w.cancel()
+
+
+class Connection:
+    """One ``/v1/stream`` WebSocket: reader task + writer task around a ``Session``."""
+
+    def __init__(self, hub: Hub, websocket: WebSocket, session_id: str) -> None:
+        self.hub = hub
+        self.ws = websocket
+        cfg = hub.config
+        self.session = Session(session_id, cfg, hub.engine_info(), metrics=hub.metrics)
+        self.scheduler = hub.require_scheduler()
+        self.channel = self.scheduler.open_channel(session_id, self._on_worker_event)
+        frames = (cfg.server.max_ahead_s + _OUTBOX_SLACK_S) * 1000.0 / cfg.audio.frame_ms
+        self.outbox = Outbox(int(frames) + 256)
+        self.limits = ProtocolLimits(cfg.server.max_message_chars)
+        self.closed = False
+        self.finished = asyncio.Event()
+
+    async def run(self) -> None:
+        hub = self.hub
+        hub.connections.add(self)
+        hub.metrics.sessions.inc()
+        hub.metrics.active_sessions.inc()
+        sid = self.session.session_id
+        log.debug("session %s open", sid)
+        reader = asyncio.create_task(self._reader(), name=f"reader-{sid}")
+        writer = asyncio.create_task(self._writer(), name=f"writer-{sid}")
+        try:
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            results = await asyncio.gather(reader, writer, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("session %s task failed", sid, exc_info=result)
+            self.closed = True
+            self.scheduler.close_channel(self.channel)
+            hub.connections.discard(self)
+            hub.metrics.active_sessions.dec()
+            self.finished.set()
+            log.debug("session %s closed", sid)
+
+    def shutdown(self) -> None:
+        self._apply(self.session.close_with("shutting_down", "server is shutting down"))
+
+    # ------------------------------------------------------------------ actions
+
+    def _apply(self, actions: list[Action]) -> None:
+        try:
+            for action in actions:
+                if isinstance(action, Send):
+                    self.outbox.put(action.item)
+                elif isinstance(action, Submit):
+                    self._submit(action)
+                elif isinstance(action, CancelJobs):
+                    self.scheduler.cancel(self.channel)
+                elif isinstance(action, Close):
+                    self.scheduler.cancel(self.channel)
+                    if not action.drain:
+                        self.outbox.drop_audio()
+                    self.outbox.put(_CloseMarker(action.code, action.reason))
+        except OutboxFull:
+            log.exception("session %s: outbox overflow", self.session.session_id)
+            self.outbox.drop_audio()
+            self.session.phase = Phase.CLOSED
+            self.outbox._items.append(_CloseMarker(1011, "internal_error"))  # always room after drop
+            self.outbox._ready.set()
+
+    def _submit(self, action: Submit) -> None:
+        try:
+            self.scheduler.submit(self.channel, action.request, action.arrival_s)
+        except SessionLimitError as exc:
+            # the scheduler's table is full: the segment fails like any engine error would
+            self._apply(self.session.on_worker_event(SegmentFailed(action.request, exc.code, exc.message)))
+
+    def _on_worker_event(self, event: WorkerEvent) -> None:
+        if self.closed:
+            return
+        try:
+            actions = self.session.on_worker_event(event)
+        except Exception:
+            log.exception("session %s: worker event failed", self.session.session_id)
+            actions = self.session.close_with("internal_error", "internal server error")
+        self._apply(actions)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _reader(self) -> None:
+        session = self.session
+        idle_s = self.hub.config.server.idle_timeout_s
+        while True:
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), idle_s)
+            except TimeoutError:
+                if session.idle and session.phase is not Phase.CLOSED:
+                    self._apply(session.close_with("idle_timeout", f"no message for {idle_s:g} s"))
+                continue
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                actions = session.on_error(ProtocolError("binary_not_allowed", "send JSON text frames only"))
+            else:
+                try:
+                    parsed = parse_client_message(text, self.limits)
+                except ProtocolError as exc:
+                    actions = session.on_error(exc)
+                else:
+                    try:
+                        actions = session.on_message(parsed)
+                    except Exception:
+                        log.exception("session %s: message handling failed", session.session_id)
+                        actions = session.close_with("internal_error", "internal server error")
+            self._apply(actions)
+
+    async def _writer(self) -> None:
+        session = self.session
+        while True:
+            item = await self.outbox.get()
+            if isinstance(item, _CloseMarker):
+                with contextlib.suppress(Exception):  # the peer may be gone already
+                    await self.ws.close(item.code, item.reason)
+                return
+            if item.generation is not None and item.generation != session.generation:
+                continue  # stale: queued before a clear
+            payload = item.payload
+            try:
+                if isinstance(payload, bytes):
+                    await self.ws.send_bytes(payload)
+                    now = time.monotonic()
+                    session.on_audio_written(item, now)
+                    self.scheduler.note_written(self.channel, item.audio_s, now)
+                else:
+                    msg = payload() if callable(payload) else payload
+                    await self.ws.send_text(encode_server_message(msg))
+            except (OSError, RuntimeError, WebSocketDisconnect) as exc:
+                log.debug("session %s: send failed: %s", session.session_id, exc)
+                return

@@ -1,0 +1,445 @@
+"""One streaming session as a state machine, without sockets or threads.
+
+``Session`` methods take a parsed client message, a worker event or a "frame written" notice and
+return ``Action``s for the connection glue to carry out: items to put in the session's outbox (JSON
+messages and audio frames, in order), segments to submit to the scheduler, a cancel, a close.
+
+Cancel is cheap: ``clear`` bumps ``generation`` and swaps in a fresh ``Utterance``; outbox items and
+worker events of an older generation are dropped by comparing generations.
+
+TTFA: per turn (the text up to a ``flush`` / ``end``), from the arrival of the message that
+completed the turn's first segment (a ``text``, or the ``flush``/``end`` that forced it) to the
+moment the turn's first audio frame is written to the socket. The session's TTFA is that of its
+first turn with audio. RTF = synthesis wall time / audio duration.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chunker import Segment, SentenceChunker
+from engine.base import EngineError, SynthOptions
+from stream_server.config import AppConfig
+from stream_server.errors import (
+    CLOSE_NORMAL,
+    ProtocolError,
+    SessionLimitError,
+    StreamError,
+    error_kind,
+)
+from stream_server.protocol import (
+    PROTOCOL_VERSION,
+    SAMPLE_RATES,
+    Clear,
+    Cleared,
+    ClientMessage,
+    Done,
+    End,
+    Error,
+    Flush,
+    Flushed,
+    Ready,
+    SegmentDone,
+    SegmentStarted,
+    ServerMessage,
+    Start,
+    Text,
+)
+from stream_server.scheduler import (
+    SegmentAudio,
+    SegmentFailed,
+    SegmentFinished,
+    SynthRequest,
+    WorkerEvent,
+    packet_seconds,
+)
+
+# Segments handed to the scheduler at once: k (streaming) and k+1 (synthesized meanwhile).
+SUBMIT_AHEAD = 2
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a session needs to know about the engine (read on the event loop)."""
+
+    name: str
+    device: str
+    sample_rate: int
+    default_voice: str
+    voice_names: Callable[[], Collection[str]]
+
+
+class SessionMetrics(Protocol):
+    def observe_ttfa(self, seconds: float) -> None: ...
+    def observe_segment(self, audio_s: float, synth_s: float) -> None: ...
+    def observe_error(self, code: str) -> None: ...
+
+
+class _NoMetrics:
+    def observe_ttfa(self, seconds: float) -> None:
+        pass
+
+    def observe_segment(self, audio_s: float, synth_s: float) -> None:
+        pass
+
+    def observe_error(self, code: str) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class OutItem:
+    """One outbox entry. ``payload``: a message, audio bytes, or a callable rendering the message
+    when it is written (so stats include every frame before it). ``generation`` None = never stale.
+    """
+
+    generation: int | None
+    payload: ServerMessage | bytes | Callable[[], ServerMessage]
+    audio_s: float = 0.0
+    turn: Turn | None = None
+
+
+@dataclass(frozen=True)
+class Send:
+    item: OutItem
+
+
+@dataclass(frozen=True)
+class Submit:
+    request: SynthRequest
+    arrival_s: float
+
+
+@dataclass(frozen=True)
+class CancelJobs:
+    pass
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the socket. ``drain``: after everything queued is written; else drop queued audio."""
+
+    code: int
+    reason: str = ""
+    drain: bool = True
+
+
+Action = Send | Submit | CancelJobs | Close
+
+# --------------------------------------------------------------------------- per-utterance state
+
+
+@dataclass(eq=False)
+class Turn:
+    """Text up to a flush/end, and its stats."""
+
+    start_s: float | None = None  # arrival of the message that completed the first segment
+    first_audio_s: float | None = None  # first frame written
+    segments: int = 0  # emitted by the chunker in this turn
+    finished: int = 0  # finished or failed
+    audio_s: float = 0.0  # written to the socket
+    synth_s: float = 0.0
+    seg_audio_s: float = 0.0  # encoded audio of finished segments
+    closed: bool = False  # flush/end seen
+    reported: bool = False  # `flushed` sent
+
+    @property
+    def complete(self) -> bool:
+        return self.closed and not self.reported and self.finished == self.segments
+
+    def ttfa_ms(self) -> float | None:
+        if self.start_s is None or self.first_audio_s is None:
+            return None
+        return (self.first_audio_s - self.start_s) * 1000.0
+
+
+@dataclass(eq=False)
+class Utterance:
+    """Everything that a ``clear`` throws away, in one object."""
+
+    generation: int
+    turn: Turn = field(default_factory=Turn)
+    backlog: deque[tuple[SynthRequest, float]] = field(default_factory=deque)
+    in_flight: int = 0
+    turn_of: dict[int, Turn] = field(default_factory=dict)  # segment index -> its turn
+    audio_started: set[int] = field(default_factory=set)  # segments whose `segment` was sent
+
+
+class Phase(enum.Enum):
+    NEW = "new"  # no start yet
+    OPEN = "open"
+    ENDING = "ending"  # end received; finishing the last turn
+    CLOSED = "closed"
+
+
+class Session:
+    """The state machine of one ``/v1/stream`` session (see the module docstring)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        config: AppConfig,
+        engine: EngineInfo,
+        *,
+        metrics: SessionMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session_id = session_id
+        self.config = config
+        self.engine = engine
+        self.metrics: SessionMetrics = metrics or _NoMetrics()
+        self.clock = clock
+        self.phase = Phase.NEW
+        self.generation = 0
+        self.utterance = Utterance(0)
+        self.chunker = SentenceChunker(config.chunker)
+        self.voice = engine.default_voice
+        self.format = config.server.default_format
+        self.sample_rate = self._default_rate(self.format)
+        self.options = SynthOptions()
+        self.text_chars = 0
+        self.protocol_errors = 0
+        # session totals
+        self.ttfa_ms: float | None = None
+        self.audio_s = 0.0  # written
+        self.synth_s = 0.0
+        self.seg_audio_s = 0.0
+        self.segments = 0
+
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def idle(self) -> bool:
+        """No work queued or in flight (idle timeout applies only then)."""
+        return not self.utterance.backlog and self.utterance.in_flight == 0
+
+    def on_message(self, msg: ClientMessage) -> list[Action]:
+        """Handle one parsed client message."""
+        now = self.clock()
+        try:
+            if self.phase in (Phase.ENDING, Phase.CLOSED):
+                raise ProtocolError("after_end", f"{msg.type} after end is ignored")
+            actions: list[Action] = []
+            if isinstance(msg, Start):
+                if self.phase is not Phase.NEW:
+                    raise ProtocolError("already_started", "start must be the first message")
+                return self._start(msg)
+            if self.phase is Phase.NEW:
+                actions += self._start(Start())
+            if isinstance(msg, Text):
+                actions += self._text(msg.text, now)
+            elif isinstance(msg, Flush):
+                actions += self._flush(now)
+            elif isinstance(msg, Clear):
+                actions += self._clear()
+            elif isinstance(msg, End):
+                actions += self._end(now)
+            return actions
+        except (StreamError, EngineError) as exc:
+            return self.on_error(exc)
+
+    def on_error(self, exc: StreamError | EngineError) -> list[Action]:
+        """An error to report to the client; protocol abuse counts towards the close limit."""
+        code = exc.code
+        message = exc.message if isinstance(exc, StreamError) else (str(exc) or code)
+        self.metrics.observe_error(code)
+        kind = error_kind(code)
+        if kind.protocol_abuse:
+            self.protocol_errors += 1
+            if self.protocol_errors > self.config.server.max_protocol_errors:
+                self.metrics.observe_error("too_many_errors")
+                return self.close_with("too_many_errors", "too many protocol errors")
+        actions: list[Action] = [Send(OutItem(None, Error(code, message)))]
+        if kind.close_code is not None:
+            actions.append(Close(kind.close_code, code, drain=False))
+            self.phase = Phase.CLOSED
+        return actions
+
+    def close_with(self, code: str, message: str) -> list[Action]:
+        """Error ``code`` then close with its close code, dropping queued audio."""
+        self.phase = Phase.CLOSED
+        close_code = error_kind(code).close_code or CLOSE_NORMAL
+        return [
+            CancelJobs(),
+            Send(OutItem(None, Error(code, message))),
+            Close(close_code, code, drain=False),
+        ]
+
+    def on_worker_event(self, event: WorkerEvent) -> list[Action]:
+        """Results from the engine thread for this session (stale generations are ignored)."""
+        req = event.request
+        if req.generation != self.generation or self.phase is Phase.CLOSED:
+            return []
+        utt = self.utterance
+        if isinstance(event, SegmentAudio):
+            actions: list[Action] = []
+            turn = utt.turn_of[req.index]
+            if req.index not in utt.audio_started:
+                utt.audio_started.add(req.index)
+                actions.append(Send(OutItem(self.generation, SegmentStarted(req.index, req.text))))
+            frame_ms = float(self.config.audio.frame_ms)
+            for packet in event.packets:
+                seconds = packet_seconds(req, packet, frame_ms)
+                actions.append(Send(OutItem(self.generation, packet, seconds, turn)))
+            return actions
+        turn = utt.turn_of.pop(req.index)
+        utt.in_flight -= 1
+        turn.finished += 1
+        if isinstance(event, SegmentFinished):
+            turn.synth_s += event.synth_s
+            turn.seg_audio_s += event.audio_s
+            self.synth_s += event.synth_s
+            self.seg_audio_s += event.audio_s
+            self.segments += 1
+            self.metrics.observe_segment(event.audio_s, event.synth_s)
+            rtf = event.synth_s / event.audio_s if event.audio_s > 0 else 0.0
+            done = SegmentDone(req.index, event.audio_s * 1000.0, event.synth_s * 1000.0, rtf)
+            actions = [Send(OutItem(self.generation, done))]
+        else:
+            actions = self.on_error(_EventError(event))
+        return actions + self._pump() + self._finish_turns(turn)
+
+    def on_audio_written(self, item: OutItem, now: float) -> None:
+        """The writer wrote an audio frame of the current generation at time ``now``."""
+        turn = item.turn
+        if turn is not None and turn.first_audio_s is None:
+            turn.first_audio_s = now
+            ttfa = turn.ttfa_ms()
+            if ttfa is not None:
+                self.metrics.observe_ttfa(ttfa / 1000.0)
+                if self.ttfa_ms is None:
+                    self.ttfa_ms = ttfa
+        if turn is not None:
+            turn.audio_s += item.audio_s
+        self.audio_s += item.audio_s
+
+    # ------------------------------------------------------------------ message handlers
+
+    def _start(self, msg: Start) -> list[Action]:
+        voice = msg.voice or self.engine.default_voice
+        if voice not in self.engine.voice_names():
+            raise StreamError("unknown_voice", f"unknown voice {voice!r}; see GET /v1/voices")
+        fmt = msg.format or self.config.server.default_format
+        rate = msg.sample_rate or self._default_rate(fmt)
+        o = msg.options
+        options = SynthOptions(
+            speed=1.0 if o.speed is None else o.speed, nfe=o.nfe, seed=o.seed, cfg_strength=o.cfg_strength
+        )
+        options.validate()  # InvalidOptionError -> error invalid_option, still NEW
+        self.voice, self.format, self.sample_rate, self.options = voice, fmt, rate, options
+        self.phase = Phase.OPEN
+        ready = Ready(
+            protocol_version=PROTOCOL_VERSION,
+            session_id=self.session_id,
+            engine=self.engine.name,
+            device=self.engine.device,
+            voice=voice,
+            format=fmt,
+            sample_rate=rate,
+            frame_ms=self.config.audio.frame_ms,
+        )
+        return [Send(OutItem(None, ready))]
+
+    def _text(self, text: str, now: float) -> list[Action]:
+        server = self.config.server
+        if self.text_chars + len(text) > server.max_session_chars:
+            raise SessionLimitError(
+                "session_text_limit", f"session text limit of {server.max_session_chars} characters reached"
+            )
+        utt = self.utterance
+        if len(utt.backlog) + utt.in_flight >= server.max_pending_segments:
+            raise SessionLimitError("busy", "too many segments waiting; resend this text later")
+        self.text_chars += len(text)
+        return self._add_segments(self.chunker.push(text), now)
+
+    def _flush(self, now: float) -> list[Action]:
+        actions = self._add_segments(self.chunker.flush(), now)
+        turn = self.utterance.turn
+        turn.closed = True
+        self.utterance.turn = Turn()
+        return actions + self._finish_turns(turn)
+
+    def _end(self, now: float) -> list[Action]:
+        actions = self._flush(now)
+        if self.phase is not Phase.CLOSED:
+            self.phase = Phase.ENDING
+        return actions + self._maybe_done()
+
+    def _clear(self) -> list[Action]:
+        self.chunker.reset()
+        self.generation += 1
+        self.utterance = Utterance(self.generation)
+        return [CancelJobs(), Send(OutItem(None, Cleared()))]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _default_rate(self, fmt: str) -> int:
+        # the engine's own rate when the format carries it (no resampling), else 24 kHz
+        return self.engine.sample_rate if self.engine.sample_rate in SAMPLE_RATES[fmt] else 24000
+
+    def _add_segments(self, segments: list[Segment], now: float) -> list[Action]:
+        utt = self.utterance
+        for seg in segments:
+            if utt.turn.start_s is None:
+                utt.turn.start_s = now
+            utt.turn.segments += 1
+            utt.turn_of[seg.index] = utt.turn
+            request = SynthRequest(
+                generation=self.generation,
+                index=seg.index,
+                text=seg.text,
+                voice=self.voice,
+                options=self.options,
+                format=self.format,
+                sample_rate=self.sample_rate,
+            )
+            utt.backlog.append((request, now))
+        return self._pump()
+
+    def _pump(self) -> list[Action]:
+        utt = self.utterance
+        actions: list[Action] = []
+        while utt.backlog and utt.in_flight < SUBMIT_AHEAD:
+            request, arrival = utt.backlog.popleft()
+            utt.in_flight += 1
+            actions.append(Submit(request, arrival))
+        return actions
+
+    def _finish_turns(self, turn: Turn) -> list[Action]:
+        if not turn.complete or turn is self.utterance.turn:
+            return self._maybe_done()
+
+        def render() -> ServerMessage:
+            rtf = turn.synth_s / turn.seg_audio_s if turn.seg_audio_s > 0 else None
+            return Flushed(turn.ttfa_ms(), turn.audio_s * 1000.0, rtf, turn.finished)
+
+        turn.reported = True
+        return [Send(OutItem(self.generation, render))] + self._maybe_done()
+
+    def _maybe_done(self) -> list[Action]:
+        if self.phase is not Phase.ENDING or not self.idle:
+            return []
+        self.phase = Phase.CLOSED
+
+        def render() -> ServerMessage:
+            rtf = self.synth_s / self.seg_audio_s if self.seg_audio_s > 0 else None
+            return Done(self.ttfa_ms, self.audio_s * 1000.0, rtf, self.segments)
+
+        return [Send(OutItem(None, render)), Close(CLOSE_NORMAL, "done", drain=True)]
+
+
+class _EventError(StreamError):
+    """A ``SegmentFailed`` event as an error (its code may be an engine code)."""
+
+    def __init__(self, event: SegmentFailed) -> None:
+        Exception.__init__(self, event.message)
+        self.code = event.code
+        self.message = event.message
+        self.detail = ""
