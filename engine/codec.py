@@ -8,12 +8,12 @@ output equals resampling the whole signal at once, with no seams at chunk bounda
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import opuslib
-import torch
 import torchaudio
 
 from engine.base import InvalidOptionError
@@ -56,12 +56,21 @@ def float_to_s16(pcm: np.ndarray) -> np.ndarray:
     return np.round(np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
+@functools.lru_cache(maxsize=16)
+def _sinc_kernel(in_rate: int, out_rate: int) -> tuple[np.ndarray, int]:
+    """torchaudio's default sinc kernel for this rate pair: ``(new, 2 * width + orig)`` float32."""
+    rs = torchaudio.transforms.Resample(in_rate, out_rate)
+    kernel = rs.kernel[:, 0, :].numpy().copy()
+    kernel.setflags(write=False)
+    return kernel, int(rs.width)
+
+
 class StreamingResampler:
     """Chunk-by-chunk band-limited resampling with torchaudio's sinc kernel.
 
     Produces the same samples as ``torchaudio.functional.resample`` on the whole signal (default
-    ``sinc_interp_hann``, width 6, rolloff 0.99): the kernel is applied with stride ``orig`` (the
-    gcd-reduced input rate) over a buffer that keeps the ``2 * width`` input samples of history
+    ``sinc_interp_hann``, width 6, rolloff 0.99; torchaudio computes the kernel, numpy applies
+    it): the kernel is applied with stride ``orig`` (the gcd-reduced input rate) over a buffer that keeps the ``2 * width`` input samples of history
     the next output block still needs. Latency is ``width + orig`` input samples (< 1 ms here).
     Input and output: float32 ``(n,)``.
     """
@@ -76,12 +85,9 @@ class StreamingResampler:
         self._orig = in_rate // gcd
         self._new = out_rate // gcd
         if not self._identity:
-            rs = torchaudio.transforms.Resample(in_rate, out_rate)
-            self._kernel: torch.Tensor = rs.kernel  # (new, 1, 2 * width + orig) float32
-            self._width: int = rs.width
+            self._kernel, self._width = _sinc_kernel(in_rate, out_rate)
         else:
-            self._kernel = torch.zeros(0)
-            self._width = 0
+            self._kernel, self._width = np.zeros((0, 0), np.float32), 0
         self.reset()
 
     def reset(self) -> None:
@@ -95,11 +101,11 @@ class StreamingResampler:
         if buf.shape[0] < k:
             return np.zeros(0, dtype=np.float32), 0
         n_blocks = (buf.shape[0] - k) // self._orig + 1
-        used = (n_blocks - 1) * self._orig + k
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(buf[:used]))[None, None]
-            y = torch.nn.functional.conv1d(x, self._kernel, stride=self._orig)  # (1, new, blocks)
-        return y[0].T.reshape(-1).numpy(), n_blocks
+        # the same cross-correlation as torchaudio's conv1d(stride=orig), as one small matmul: for
+        # 20-60 ms chunks numpy avoids torch's per-call overhead (~10x faster here)
+        frames = np.lib.stride_tricks.sliding_window_view(buf, k)[:: self._orig][:n_blocks]
+        y = frames @ self._kernel.T  # (blocks, new)
+        return y.reshape(-1).astype(np.float32, copy=False), n_blocks
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
         """Resample the next input chunk; returns the output samples that are final now."""
