@@ -105,14 +105,6 @@ TRIM_DB = -42.0
 TRIM_CHUNK_S = 0.010
 
 
-def level_db(x: np.ndarray) -> float:
-    """RMS level of ``x`` in dBFS; -inf for empty or all-zero audio."""
-    if x.size == 0:
-        return float("-inf")
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-    return 20.0 * float(np.log10(rms)) if rms > 0 else float("-inf")
-
-
 def _silent_ranges(mono: np.ndarray, win: int, step: int, thresh_db: float) -> list[list[int]]:
     """Sample ranges [start, end) covered by windows of ``win`` samples at or below ``thresh_db``.
 
@@ -249,9 +241,9 @@ def _to_24k(mono: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise VoiceError("voice name must be 1-64 characters from A-Z a-z 0-9 _ -")
+def _valid_name(name: object) -> bool:
+    # Also what keeps paths inside the folder: no "/", "." or ".." can pass.
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
 
 
 def _normalize_text(text: str) -> str:
@@ -315,7 +307,7 @@ class VoiceStore:
         return sorted(
             p.stem
             for p in self.folder.glob("*.wav")
-            if _NAME_RE.fullmatch(p.stem) and p.with_suffix(".txt").is_file()
+            if _valid_name(p.stem) and p.with_suffix(".txt").is_file()
         )
 
     def prepare(self, name: str) -> PreparedVoice:
@@ -325,7 +317,7 @@ class VoiceStore:
             UnknownVoiceError: no such voice.
             VoiceError: the clip cannot be decoded, is silent, or the transcript is empty.
         """
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        if not _valid_name(name):
             raise UnknownVoiceError(f"unknown voice {name!r}")
         wav_path, txt_path = self._paths(name)
         try:
@@ -373,7 +365,8 @@ class VoiceStore:
             VoiceTooLargeError: more than ``max_upload_bytes``.
             VoiceExistsError: a voice of that name exists.
         """
-        _check_name(name)
+        if not _valid_name(name):
+            raise VoiceError("voice name must be 1-64 characters from A-Z a-z 0-9 _ -")
         if len(audio_bytes) > self.max_upload_bytes:
             raise VoiceTooLargeError(f"audio is larger than {self.max_upload_bytes} bytes")
         text = _normalize_text(text)
@@ -420,7 +413,7 @@ class VoiceStore:
 
     def remove(self, name: str) -> None:
         """Delete a voice's files. Raises ``UnknownVoiceError`` when it does not exist."""
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        if not _valid_name(name):
             raise UnknownVoiceError(f"unknown voice {name!r}")
         wav_path, txt_path = self._paths(name)
         with self._lock:

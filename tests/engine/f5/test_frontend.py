@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -266,3 +267,18 @@ def test_estimate_frames_grows_with_text() -> None:
     lengths = [estimate_frames(500, "reference text.  ", "w" * n) for n in range(10, 200, 10)]
     assert lengths == sorted(lengths) and lengths[-1] > lengths[0]
     assert isinstance(lengths[0], int) and not isinstance(lengths[0], np.integer)
+
+
+def test_jieba_stays_quiet_on_first_use() -> None:
+    # jieba prints "Building prefix dict ..." to stderr unless its logger is turned down
+    code = "from engine.f5 import frontend; frontend.warmup(); print(frontend.text_to_pinyin_tokens('好'))"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.strip() == "[' ', 'hao3']"
+    assert result.stderr == ""
