@@ -17,9 +17,10 @@ Segment rules (all lengths weighted: UTF-8 bytes):
 - a line break that does not cut becomes a space;
 - a segment that would exceed ``max_chars`` is split at the last clause boundary, else the last
   space, else between CJK characters, preferring a split that leaves at least a quarter of
-  ``max_chars`` (and the minimum, unless only a shorter split keeps ``max_chars``: the limit wins
-  over the fast-start minimum, though never over ``min_chars``); one word longer than ``max_chars``
-  stays whole, up to ``max_buffer_chars``, beyond which the text is cut anywhere;
+  ``max_chars`` (and at least the segment minimum) on the left. ``max_chars`` wins over the
+  minimums: when only a shorter split keeps the limit, the short piece is emitted. A single word
+  longer than ``max_chars`` stays whole, up to ``max_buffer_chars``, beyond which the text is cut
+  anywhere;
 - text with nothing speakable (no letter or digit) never forms a segment of its own: it stays
   with the following text, and at flush it is dropped.
 """
@@ -166,23 +167,23 @@ class SentenceChunker:
         """Where to split ``buf[:i+1]``, whose weight exceeds ``max_chars``; None if nowhere.
 
         Preference: the last clause boundary, else the last space, else the last CJK break, each
-        leaving at least ``pref`` on the left; else the last break leaving the minimum; else
-        (``max_chars`` wins over a fast-start minimum) the last break leaving ``min_chars``.
+        leaving at least ``pref`` on the left; else the last break leaving the segment minimum;
+        else the last break at all: ``max_chars`` wins over the minimums, so the only segment
+        longer than ``max_chars`` is one word that is longer by itself.
         """
         buf = self._buf
         floor = self._min_chars()
-        hard_floor = min(floor, self.config.min_chars)
         pref = max(floor, self.config.max_chars // 4)
         best: dict[int, int] = {}  # class -> last position with a left part >= pref
         fallback = None  # last break with a left part >= floor
-        soft = None  # last break with a left part >= hard_floor
+        last = None  # last break
         w = self._nosplit_w
         for p in range(self._nosplit_p + 1, i + 1):
             w += char_weight(buf[p - 1])
             cls = break_class(buf, p)
-            if not cls or w < hard_floor:
+            if not cls:
                 continue
-            soft = p
+            last = p
             if w >= floor:
                 fallback = p
                 if w >= pref:
@@ -190,9 +191,9 @@ class SentenceChunker:
         for cls in (1, 2, 3):
             if cls in best:
                 return best[cls]
-        if soft is None:
+        if last is None:
             self._nosplit_p, self._nosplit_w = i, w
-        return fallback if fallback is not None else soft
+        return fallback if fallback is not None else last
 
     # --- output ----------------------------------------------------------------------------
 

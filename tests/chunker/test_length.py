@@ -111,3 +111,11 @@ def test_every_segment_respects_max_chars(text: str, max_chars: int) -> None:
         )
         for s in chunk(text, config):
             assert weight(s.text) <= max_chars, s.text
+
+
+def test_limit_wins_over_the_fast_start_minimum() -> None:
+    # no break leaves >= 24 and stays <= 24: the split that keeps the limit is taken
+    config = ChunkerConfig(max_chars=24, first_min_chars=24)
+    out = texts("The quick brown fox jumps over the lazy dog.", config)
+    assert out[0] == "The quick brown fox"
+    assert all(weight(s) <= 24 for s in out)

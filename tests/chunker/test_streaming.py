@@ -8,6 +8,7 @@ import pytest
 
 from chunker import ChunkerConfig, Segment, SentenceChunker
 from chunker.__main__ import split_pieces
+from chunker.text import weight
 
 CORPUS = [
     "Hi. Dr. Smith arrived at 5 p.m. today with $29.95, e.g. coins. He met J. R. R. Tolkien in "
@@ -79,3 +80,25 @@ def test_concatenated_segments_keep_all_words() -> None:
         assert "".join("".join(words).split()) == "".join(
             "".join(ch for ch in text if ch not in "\u200b").split()
         )
+
+
+SOUP = [
+    *"abXYZ 你好。！？，、：；.!?…,;:—–\"'”’)(]「」*_`#->\n\r\t09$@/",
+    *["Dr. ", "e.g. ", "U.S. ", "p.m. ", "  ", "\n\n", "**", "```", "...", "3.14", "J. R. "],
+    *["http://a.b/c", "- ", "# ", "1. ", "Hello ", "world ", "The ", "end. ", "好的", "Yes! "],
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "small", "plain"])
+def test_token_soup_is_streaming_equivalent_and_well_formed(config: ChunkerConfig) -> None:
+    rng = random.Random(1234)
+    for _ in range(60):
+        text = "".join(rng.choice(SOUP) for _ in range(rng.randint(0, 120)))
+        whole = run([text], config)
+        pieces = split_pieces(text, rng.randint(2, 30), rng.randrange(1 << 30))
+        assert run(pieces, config) == whole, repr(text)
+        for seg in whole:
+            assert seg.text == seg.text.strip() and "  " not in seg.text
+            assert any(ch.isalnum() for ch in seg.text)
+            # only a segment that is one word longer than the limit may exceed it
+            assert weight(seg.text) <= config.max_chars or " " not in seg.text, seg.text
