@@ -11,8 +11,8 @@ Output invariants (what the scanner relies on):
 - control characters, zero-width characters and lone surrogates are dropped.
 
 Markdown (when enabled): ``**``/``__`` runs and backticks are dropped anywhere; a single ``*`` or
-``_`` is dropped when it touches a word on exactly one side (``*emphasis*``) and kept otherwise
-(``2*3``, ``snake_case``); at line start ``#`` headings (1-6), ``-``/``+``/``*`` bullets, ``>``
+``_`` is dropped when it touches a letter/digit on exactly one side (``*emphasis*.``) and kept
+otherwise (``2*3``, ``a * b``, ``snake_case``); at line start ``#`` headings (1-6), ``-``/``+``/``*`` bullets, ``>``
 quotes, horizontal rules (``---``, ``***``, ``___``, ``===``) and code-fence lines are dropped.
 """
 
@@ -47,7 +47,7 @@ class TextNormalizer:
         self._run_ch = ""  # held marker run: its character, length, and what preceded it
         self._run_len = 0
         self._run_at_line_start = False
-        self._run_after_space = False
+        self._run_after_word = False  # the run touches a letter/digit on its left
 
     @property
     def pending(self) -> str:
@@ -101,7 +101,9 @@ class TextNormalizer:
             self._run_ch = ch
             self._run_len = 1
             self._run_at_line_start = self._line_start
-            self._run_after_space = self._line_start or self._ws != _WS_NONE or self._last == ""
+            self._run_after_word = (
+                not self._line_start and self._ws == _WS_NONE and self._last.isalnum()
+            )
             return
         if self._md and self._line_start and ch == ">":
             return  # block quote marker; what follows is still at line start
@@ -136,7 +138,8 @@ class TextNormalizer:
         if ch in _EMPHASIS:
             if n >= 2:
                 return
-            # a lone marker touching a word on exactly one side is emphasis
-            if self._run_after_space != next_blank:
+            # a lone marker touching a word on exactly one side is emphasis ("*word*.",
+            # "(_word_)"); touching words on both sides or neither, it is text ("2*3", "a * b")
+            if self._run_after_word != nxt.isalnum():
                 return
         self._write(ch * n)

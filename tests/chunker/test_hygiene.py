@@ -32,6 +32,7 @@ NORMALIZE = [
     ("underscore bold", "a __b__ c", "a b c"),
     ("star emphasis", "a *b c* d", "a b c d"),
     ("underscore emphasis", "a _b_ c", "a b c"),
+    ("emphasis before punctuation", "say *this*. (_that_)", "say this. (that)"),
     ("multiplication kept", "2*3 and 2 * 3", "2*3 and 2 * 3"),
     ("snake case kept", "call snake_case now", "call snake_case now"),
     ("inline code", "run `ls -l` now", "run ls -l now"),
