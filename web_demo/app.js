@@ -151,7 +151,8 @@ function startMessage() {
   const start = { voice: ui.voice.value || undefined, format, options: { speed: Number(ui.speed.value) } };
   if (format === "pcm_s16le") {
     // Ask for the AudioContext's own rate when the server offers it: nothing to resample then.
-    const rates = state.info?.sample_rates ?? [];
+    const all = state.info?.sample_rates ?? {};
+    const rates = Array.isArray(all) ? all : (all[format] ?? []);
     const rate = player.ctx?.sampleRate;
     start.sample_rate = rates.includes(rate) ? rate : 24000;
   }
@@ -298,12 +299,12 @@ async function loadServerInfo() {
       return opt;
     }),
   );
-  const nfe = info.options?.nfe;
-  if (nfe) {
-    const values = Array.isArray(nfe) ? nfe : (nfe.values ?? []);
-    const dflt = Array.isArray(nfe) ? null : nfe.default;
-    ui.nfe.replaceChildren(...values.map((n) => new Option(String(n), String(n), n === dflt, n === dflt)));
-    ui.nfeField.hidden = values.length === 0;
+  // `options` lists the start options this engine supports; NFE only for engines that have it.
+  const options = Array.isArray(info.options) ? info.options : Object.keys(info.options ?? {});
+  if (options.includes("nfe")) {
+    const steps = [5, 6, 7, 10, 12, 16, 32];
+    ui.nfe.replaceChildren(new Option("default", "", true, true), ...steps.map((n) => new Option(String(n), String(n))));
+    ui.nfeField.hidden = false;
   }
 }
 

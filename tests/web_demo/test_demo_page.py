@@ -1,0 +1,134 @@
+"""The demo page in headless Chromium against a real eSpeak server: load, speak, stop, PCM, fallback."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.web_demo.conftest import PageErrors
+
+pytestmark = pytest.mark.browser
+
+SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs far away."
+LONG_TEXT = " ".join(
+    [
+        "This is a long paragraph that keeps the player busy for several seconds.",
+        "It has a few sentences, so the server streams more than one segment.",
+        "Nobody should hear the end of it, because the test presses stop early.",
+        "If you can read this aloud, stop did not work.",
+    ]
+)
+SPEAK = "text => window.ttsDemo.speak(text)"
+
+
+def open_demo(page, url: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(url + "/")
+    page.evaluate("() => window.ttsDemo.ready")
+
+
+def assert_played_in_full(stats: dict) -> None:
+    done = stats["serverDone"]
+    assert done is not None and done["type"] == "done"
+    assert stats["framesDecoded"] > 0 and stats["framesDecoded"] == stats["framesReceived"]
+    assert stats["samplesPlayed"] > 0
+    expected_s = done["audio_ms"] / 1000.0
+    assert abs(stats["secondsPlayed"] - expected_s) <= 0.1 * expected_s, (
+        stats["secondsPlayed"],
+        expected_s,
+    )
+    assert stats["underruns"] == 0
+    assert stats["finished"] and not stats["playing"]
+    assert stats["lastError"] is None
+
+
+def test_page_loads_and_lists_voices(page, server_url: str, page_errors: PageErrors) -> None:  # type: ignore[no-untyped-def]
+    open_demo(page, server_url)
+    voices = page.eval_on_selector_all("#voice option", "opts => opts.map(o => o.value)")
+    assert "en-us" in voices and "cmn" in voices
+    assert page.input_value("#voice") == "en-us"  # the server's default voice is preselected
+    assert page.is_hidden("#nfe-field")  # eSpeak has no NFE option
+    assert page.is_hidden("#notice")  # WebCodecs works on 127.0.0.1: no fallback notice
+    assert "espeak" in page.inner_text("#engine-pill")
+    assert page_errors.messages == []
+
+
+def test_speak_plays_the_whole_utterance_without_underruns(
+    page, server_url: str, page_errors: PageErrors, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    open_demo(page, server_url)
+    page.fill("#text", SENTENCE)
+    stats = page.evaluate(SPEAK, SENTENCE)
+    assert stats["format"] == "opus"
+    assert_played_in_full(stats)
+    assert stats["ttfaMs"] > 0 and stats["serverTtfaMs"] > 0
+    # the readout shows the numbers, and every segment is listed (the last one was highlighted)
+    assert re.fullmatch(r"\d+ ms", page.inner_text("#stat-ttfa"))
+    assert re.fullmatch(r"\d+ ms", page.inner_text("#stat-server-ttfa"))
+    assert page.inner_text("#stat-underruns") == "0"
+    segments = page.eval_on_selector_all("#segments li", "lis => lis.map(li => li.textContent)")
+    assert len(segments) == stats["serverDone"]["segments"] and "".join(segments).startswith(
+        "The quick"
+    )
+    assert page.inner_text("#caption") == segments[-1]
+    # the demo screenshot in docs/ is made by this test (STREAM_TTS_SCREENSHOT=docs/screenshot.png)
+    shot = os.environ.get("STREAM_TTS_SCREENSHOT") or str(tmp_path / "demo.png")
+    page.screenshot(path=shot)
+    assert Path(shot).stat().st_size > 0
+    assert page_errors.messages == []
+
+
+def test_stop_silences_playback_and_decodes_nothing_more(
+    page, server_url: str, page_errors: PageErrors
+) -> None:  # type: ignore[no-untyped-def]
+    open_demo(page, server_url)
+    page.evaluate("text => { window.speaking = window.ttsDemo.speak(text); }", LONG_TEXT)
+    page.wait_for_function("() => window.ttsDemo.stats.secondsPlayed > 0.4")
+    at_stop, soon, later = page.evaluate(
+        """async () => {
+            const d = window.ttsDemo, sleep = ms => new Promise(r => setTimeout(r, ms));
+            document.getElementById("stop").click();
+            const atStop = d.stats;
+            await sleep(150);
+            const soon = d.stats;
+            await sleep(500);
+            return [atStop, soon, d.stats];
+        }"""
+    )
+    rate = at_stop["outputRate"]
+    # at most 100 ms of audio after the click (the last report may be ~20 ms old), then nothing
+    assert soon["samplesPlayed"] - at_stop["samplesPlayed"] <= 0.1 * rate
+    assert later["samplesPlayed"] == soon["samplesPlayed"]
+    assert not soon["playing"] and not later["playing"]
+    # the utterance was cut short, and no frame of it was decoded after the stop
+    assert later["secondsPlayed"] < 2.0  # LONG_TEXT is about 15 s of speech
+    assert later["framesDecoded"] == at_stop["framesDecoded"]
+    stopped = page.evaluate("() => window.speaking")
+    assert not stopped["finished"]
+    # the page is still usable: the next utterance plays in full
+    assert_played_in_full(page.evaluate(SPEAK, "Back again."))
+    assert page_errors.messages == []
+
+
+def test_pcm_format_plays_too(page, server_url: str, page_errors: PageErrors) -> None:  # type: ignore[no-untyped-def]
+    open_demo(page, server_url)
+    page.select_option("#format", "pcm_s16le")
+    stats = page.evaluate(SPEAK, SENTENCE)
+    assert stats["format"] == "pcm_s16le"
+    assert_played_in_full(stats)
+    assert page_errors.messages == []
+
+
+def test_without_webcodecs_the_page_switches_to_pcm(
+    page, server_url: str, page_errors: PageErrors
+) -> None:  # type: ignore[no-untyped-def]
+    page.add_init_script("delete window.AudioDecoder;")
+    open_demo(page, server_url)
+    assert page.input_value("#format") == "pcm_s16le"
+    assert "using PCM" in page.inner_text("#notice")
+    stats = page.evaluate(SPEAK, "Short and sweet.")
+    assert stats["format"] == "pcm_s16le"
+    assert_played_in_full(stats)
+    assert page_errors.messages == []
