@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,23 @@ def packet_seconds(request: SynthRequest, packet: bytes, frame_ms: float) -> flo
     if request.format == "opus":
         return frame_ms / 1000.0
     return len(packet) / 2 / request.sample_rate
+
+
+def pick_next(channels: Iterable[Channel], max_ahead_s: float) -> _Job | None:
+    """Earliest deadline first: the head job of the unparked channel that needs audio soonest.
+
+    A channel is parked while it has produced ``max_ahead_s`` or more audio the writer has not
+    written yet. Ties keep channel order (first opened first).
+    """
+    best: _Job | None = None
+    best_deadline = 0.0
+    for ch in channels:
+        if not ch.jobs or ch.produced_s - ch.written_s >= max_ahead_s:
+            continue
+        deadline = ch.deadline()
+        if best is None or deadline < best_deadline:
+            best, best_deadline = ch.jobs[0], deadline
+    return best
 
 
 class Scheduler:
@@ -235,15 +252,7 @@ class Scheduler:
         channel.produced_s = channel.written_s = 0.0
 
     def _pick_locked(self) -> _Job | None:
-        best: _Job | None = None
-        best_deadline = 0.0
-        for ch in self._channels:
-            if not ch.jobs or ch.produced_s - ch.written_s >= self.max_ahead_s:
-                continue  # nothing to do, or parked until the writer catches up
-            deadline = ch.deadline()
-            if best is None or deadline < best_deadline:
-                best, best_deadline = ch.jobs[0], deadline
-        return best
+        return pick_next(self._channels, self.max_ahead_s)
 
     # ------------------------------------------------------------------ worker thread
 
