@@ -13,7 +13,8 @@ Output invariants (what the scanner relies on):
 Markdown (when enabled): ``**``/``__`` runs and backticks are dropped anywhere; a single ``*`` or
 ``_`` is dropped when it touches a letter/digit on exactly one side (``*emphasis*.``) and kept
 otherwise (``2*3``, ``a * b``, ``snake_case``); at line start ``#`` headings (1-6), ``-``/``+``/``*`` bullets, ``>``
-quotes, horizontal rules (``---``, ``***``, ``___``, ``===``) and code-fence lines are dropped.
+quotes, horizontal rules (``---``, ``***``, ``___``, ``===``) and code-fence lines are dropped;
+links ``[text](target)`` keep only their text, and other square brackets are dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _BULLETS = frozenset("-+*")
 _RULES = frozenset("-*_=")
 
 _WS_NONE, _WS_SPACE, _WS_NEWLINE = 0, 1, 2
+_MAX_LINK = 256  # longest link target held back; a longer "(..." is text
 
 
 class TextNormalizer:
@@ -48,11 +50,14 @@ class TextNormalizer:
         self._run_len = 0
         self._run_at_line_start = False
         self._run_after_word = False  # the run touches a letter/digit on its left
+        self._after_bracket = False  # just dropped a "]": a "(" now opens a link target
+        self._link: list[str] | None = None  # held link target "(..." while inside one
 
     @property
     def pending(self) -> str:
         """Input held back, undecided (diagnostics)."""
-        return self._run_ch * self._run_len
+        link = "(" + "".join(self._link) if self._link is not None else ""
+        return self._run_ch * self._run_len + link
 
     def feed(self, text: str) -> str:
         for ch in text:
@@ -63,6 +68,8 @@ class TextNormalizer:
 
     def finish(self) -> str:
         """Decide everything held (end of input) and return to the start-of-text state."""
+        if self._link is not None:
+            self._replay_link()
         if self._run_len:
             self._end_run("")
         out = "".join(self._out)
@@ -74,6 +81,38 @@ class TextNormalizer:
     def _feed_char(self, ch: str) -> None:
         if ch in _ZERO_WIDTH or "\ud800" <= ch <= "\udfff":
             return
+        if self._md:
+            # markdown links "[text](target)" are read as "text": brackets are dropped, and a
+            # "(...)" right after "]" is held (bounded) and dropped if it closes before any space
+            if self._link is not None:
+                if ch == ")":
+                    self._link = None
+                    return
+                if ch.isspace() or len(self._link) >= _MAX_LINK:
+                    self._replay_link()
+                else:
+                    self._link.append(ch)
+                    return
+            elif self._after_bracket:
+                self._after_bracket = False
+                if ch == "(":
+                    self._link = []
+                    return
+            if ch == "[":
+                return
+            if ch == "]":
+                self._after_bracket = True
+                return
+        self._feed_text_char(ch)
+
+    def _replay_link(self) -> None:
+        """Not a link target after all: feed the held "(..." as ordinary text."""
+        held = "(" + "".join(self._link or [])
+        self._link = None
+        for c in held:
+            self._feed_char(c)
+
+    def _feed_text_char(self, ch: str) -> None:
         if ch in _NEWLINES or ch.isspace():
             if self._run_len:
                 self._end_run(" ")

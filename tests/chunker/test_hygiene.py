@@ -50,6 +50,11 @@ NORMALIZE = [
     ("code fence lines", "```python\nx = 1\n```\nDone", "x = 1\nDone"),
     ("bold bullet", "- **Key:** value", "Key: value"),
     ("mid-line dashes kept", "a -- b", "a -- b"),
+    ("link keeps its text", "see [the docs](https://x.y/a_b) now", "see the docs now"),
+    ("citation brackets", "as shown [1] before", "as shown 1 before"),
+    ("bracket then spaced paren", "[a] (b c)", "a (b c)"),
+    ("not a link target", "[a](b c) d", "a(b c) d"),
+    ("unclosed link target", "[a](b", "a(b"),
 ]
 
 
