@@ -169,3 +169,26 @@ class ChunkedVocoder:
         features = mel.to(self.device, self.dtype).transpose(1, 2)  # (1, 100, T)
         audio = self.vocos.head(self.vocos.backbone(features).float())  # (1, 256 * (T - 1))
         return audio[0].cpu().numpy().astype(np.float32, copy=False)
+
+
+def random_vocos(seed: int = 0) -> Any:
+    """The charactr/vocos-mel-24khz architecture with random weights (for ``--random-weights``).
+
+    Same hyperparameters as the released config.yaml (F5_FACTS.md section 6), built in code so that
+    benchmarks need no files; fp32, eval mode, the global RNG untouched.
+    """
+    from vocos import Vocos
+    from vocos.feature_extractors import MelSpectrogramFeatures
+    from vocos.heads import ISTFTHead
+    from vocos.models import VocosBackbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Vocos(
+            feature_extractor=MelSpectrogramFeatures(
+                sample_rate=24000, n_fft=1024, hop_length=256, n_mels=100, padding="center"
+            ),
+            backbone=VocosBackbone(input_channels=100, dim=512, intermediate_dim=1536, num_layers=8),
+            head=ISTFTHead(dim=512, n_fft=1024, hop_length=256, padding="center"),
+        )
+    return model.eval().requires_grad_(False)
