@@ -37,8 +37,8 @@ NO = -1  # no boundary here
 MAX_RUN = 8  # longest ender run (and closer run) read as one sentence end
 
 _TITLES = frozenset(
-    "dr mr mrs ms mx prof st sr jr mt ft gen col capt cpt lt sgt maj rev hon gov pres rep sen "
-    "messrs mme mlle".split()
+    # titles before a name; words that often end sentences ("rep", "gov") are left out
+    "dr mr mrs ms mx prof st sr jr mt gen col capt lt sgt maj rev messrs mme mlle".split()
 )
 _NEVER_CUT = frozenset("vs e.g i.e cf viz a.k.a".split())
 _BEFORE_DIGIT = frozenset("no nos nr fig figs vol vols p pp ch sec art op eq approx ca".split())
