@@ -10,7 +10,7 @@ Choices made here (the rules an abbreviation list cannot settle):
 - "! " and "? " end a sentence before anything but ``, ; :`` (LLM text capitalises; "Yahoo!" loses).
 - A period after a title (Dr. Mr. Mrs. Ms. Prof. St. ...), after "vs", "e.g", "i.e", "cf", after
   an upper-case dotted initialism (U.S., U.K.) or a single capital (the initials of
-  "J. R. R. Tolkien"), never cuts; "No. 5" / "Fig. 3" / "p. 12" do not cut before a digit;
+  "J. R. R. Tolkien"), never cuts; "No. 5" / "Fig. 3" / "p. 12" / "Oct. 2024" do not cut before a digit;
   "etc." cuts before an upper-case word; a number at line start ("1. Preheat") is a list marker.
 - No space after ``.`` means no sentence end (3.14, $29.95, v1.2.3, x.com, a@b.org, U.S.A), except
   before a CJK character ("Hello.你好").
@@ -41,7 +41,10 @@ _TITLES = frozenset(
     "dr mr mrs ms mx prof st sr jr mt gen col capt lt sgt maj rev messrs mme mlle".split()
 )
 _NEVER_CUT = frozenset("vs e.g i.e cf viz a.k.a".split())
-_BEFORE_DIGIT = frozenset("no nos nr fig figs vol vols p pp ch sec art op eq approx ca".split())
+_BEFORE_DIGIT = frozenset(
+    "no nos nr fig figs vol vols p pp ch sec art op eq approx ca "
+    "jan feb mar apr jun jul aug sep sept oct nov dec".split()  # "Oct. 2024"
+)
 _INITIALISM = re.compile(r"(?:[A-Z]\.)+[A-Z]")
 _OPENING = "\"'“‘([{「『（《"
 

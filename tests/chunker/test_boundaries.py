@@ -55,6 +55,7 @@ ENGLISH = [
     ),
     ("etc. before capital cuts", "Pens, ink, etc. Then paper.", ["Pens, ink, etc.", "Then paper."]),
     ("No. before digit", "Take No. 5 please.", ["Take No. 5 please."]),
+    ("month before year", "It shipped in Oct. 2024 to all.", ["It shipped in Oct. 2024 to all."]),
     ("No. as a word", "I said No. Then I left.", ["I said No.", "Then I left."]),
     ("initialism", "The U.S. Army moved.", ["The U.S. Army moved."]),
     ("initialism inside", "The U.K.'s plan won.", ["The U.K.'s plan won."]),
