@@ -147,12 +147,10 @@ class Turn:
     audio_s: float = 0.0  # written to the socket
     synth_s: float = 0.0
     seg_audio_s: float = 0.0  # encoded audio of finished segments
-    closed: bool = False  # flush/end seen
-    reported: bool = False  # `flushed` sent
 
     @property
     def complete(self) -> bool:
-        return self.closed and not self.reported and self.finished == self.segments
+        return self.finished == self.segments
 
     def ttfa_ms(self) -> float | None:
         if self.start_s is None or self.first_audio_s is None:
@@ -166,6 +164,7 @@ class Utterance:
 
     generation: int
     turn: Turn = field(default_factory=Turn)
+    closing: deque[Turn] = field(default_factory=deque)  # flushed turns not reported yet, in order
     backlog: deque[tuple[SynthRequest, float]] = field(default_factory=deque)
     in_flight: int = 0
     turn_of: dict[int, Turn] = field(default_factory=dict)  # segment index -> its turn
@@ -304,7 +303,7 @@ class Session:
             actions = [Send(OutItem(self.generation, done))]
         else:
             actions = self.on_error(_EventError(event))
-        return actions + self._pump() + self._finish_turns(turn)
+        return actions + self._pump() + self._finish_turns()
 
     def on_audio_written(self, item: OutItem, now: float) -> None:
         """The writer wrote an audio frame of the current generation at time ``now``."""
@@ -359,15 +358,17 @@ class Session:
         self.text_chars += len(text)
         return self._add_segments(self.chunker.push(text), now)
 
-    def _flush(self, now: float) -> list[Action]:
+    def _flush(self, now: float, *, report_empty: bool = True) -> list[Action]:
         actions = self._add_segments(self.chunker.flush(), now)
-        turn = self.utterance.turn
-        turn.closed = True
-        self.utterance.turn = Turn()
-        return actions + self._finish_turns(turn)
+        utt = self.utterance
+        if utt.turn.segments or report_empty:
+            utt.closing.append(utt.turn)
+        utt.turn = Turn()
+        return actions + self._finish_turns()
 
     def _end(self, now: float) -> list[Action]:
-        actions = self._flush(now)
+        # an empty last turn (end right after a flush) gets no `flushed` of its own
+        actions = self._flush(now, report_empty=False)
         if self.phase is not Phase.CLOSED:
             self.phase = Phase.ENDING
         return actions + self._maybe_done()
@@ -412,16 +413,19 @@ class Session:
             actions.append(Submit(request, arrival))
         return actions
 
-    def _finish_turns(self, turn: Turn) -> list[Action]:
-        if not turn.complete or turn is self.utterance.turn:
-            return self._maybe_done()
+    def _finish_turns(self) -> list[Action]:
+        """``flushed`` for every completed turn at the head of the queue (turns report in order)."""
+        utt = self.utterance
+        actions: list[Action] = []
+        while utt.closing and utt.closing[0].complete:
+            turn = utt.closing.popleft()
 
-        def render() -> ServerMessage:
-            rtf = turn.synth_s / turn.seg_audio_s if turn.seg_audio_s > 0 else None
-            return Flushed(turn.ttfa_ms(), turn.audio_s * 1000.0, rtf, turn.finished)
+            def render(turn: Turn = turn) -> ServerMessage:
+                rtf = turn.synth_s / turn.seg_audio_s if turn.seg_audio_s > 0 else None
+                return Flushed(turn.ttfa_ms(), turn.audio_s * 1000.0, rtf, turn.finished)
 
-        turn.reported = True
-        return [Send(OutItem(self.generation, render))] + self._maybe_done()
+            actions.append(Send(OutItem(self.generation, render)))
+        return actions + self._maybe_done()
 
     def _maybe_done(self) -> list[Action]:
         if self.phase is not Phase.ENDING or not self.idle:

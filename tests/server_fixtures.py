@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import numpy as np
+from fastapi import FastAPI
 from websockets.asyncio.client import connect
 
 from engine.base import Engine, SynthOptions, UnknownVoiceError, VoiceInfo
@@ -99,8 +101,16 @@ def running_server(config: AppConfig | None = None, engine: Engine | None = None
     ``wait_healthy=False`` yields as soon as the socket is bound (``/healthz`` may still be 503).
     """
     config = config or AppConfig()
+    with serve_app(create_app(config, engine), config, wait_healthy=wait_healthy, timeout_s=timeout_s) as url:
+        yield url
+
+
+@contextmanager
+def serve_app(app: FastAPI, config: AppConfig | None = None, *, wait_healthy: bool = True,
+              timeout_s: float = 60.0) -> Iterator[str]:
+    """Like ``running_server`` for an app the test built itself (to inspect ``app.state.hub``)."""
+    config = config or AppConfig()
     config = dataclasses.replace(config, server=dataclasses.replace(config.server, host="127.0.0.1", port=0))
-    app = create_app(config, engine)
     server = build_server(app, config, log_config=None)
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()
@@ -159,3 +169,16 @@ async def collect(url: str, messages: list[dict[str, Any] | str | bytes], *,
         events=events,
         close_code=close_code,
     )
+
+
+async def poll_until(predicate: Callable[[], Awaitable[bool] | bool], timeout_s: float = 20.0,
+                     interval_s: float = 0.02) -> None:
+    """Await until ``predicate()`` is true (state owned by another thread); TimeoutError if never."""
+    for _ in range(max(1, int(timeout_s / interval_s))):
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(interval_s)
+    raise TimeoutError("condition not reached")

@@ -277,3 +277,13 @@ def test_outitems_of_control_messages_are_never_stale() -> None:
     s, _ = make()
     items = [a.item for a in s.on_message(Start()) if isinstance(a, Send)]
     assert items == [OutItem(None, items[0].payload)]
+
+
+def test_turns_report_in_order_even_when_a_later_turn_is_empty() -> None:
+    s, _ = make()
+    s.on_message(Text("A first turn that is long enough."))
+    req = submits(s.on_message(Flush()))[0]
+    early = [render(p) for p in sent(s.on_message(Flush())) if callable(p)]
+    assert early == []  # the empty second turn waits for the first
+    reports = [render(p) for p in sent(finish(s, req)) if callable(p)]
+    assert [r.segments for r in reports if isinstance(r, Flushed)] == [1, 0]
