@@ -11,6 +11,7 @@ thread, waits until ``/healthz`` answers 200, and stops it cleanly (thread joine
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -24,6 +25,7 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from engine.base import Engine, SynthOptions, UnknownVoiceError, VoiceInfo
 from stream_server.app import build_server, create_app
@@ -152,16 +154,19 @@ async def collect(url: str, messages: list[dict[str, Any] | str | bytes], *,
     server closes the socket; returns everything received."""
     events: list[tuple[str, Any]] = []
     async with connect(url, max_size=2**22) as ws:
-        for m in messages:
-            await ws.send(json.dumps(m) if isinstance(m, dict) else m)
+        with contextlib.suppress(ConnectionClosed):  # the server may close before we are done
+            for m in messages:
+                await ws.send(json.dumps(m) if isinstance(m, dict) else m)
         async with asyncio.timeout(timeout_s):
-            async for raw in ws:
-                if isinstance(raw, bytes):
-                    events.append(("audio", raw))
-                else:
-                    events.append(("json", json.loads(raw)))
-                if not until_close and events[-1][0] == "json" and events[-1][1]["type"] in ("done", "error"):
-                    break
+            with contextlib.suppress(ConnectionClosed):  # closes other than 1000 raise here
+                while True:
+                    raw = await ws.recv()
+                    if isinstance(raw, bytes):
+                        events.append(("audio", raw))
+                    else:
+                        events.append(("json", json.loads(raw)))
+                    if not until_close and events[-1][0] == "json" and events[-1][1]["type"] in ("done", "error"):
+                        break
         close_code = ws.close_code if until_close else None
     return Collected(
         messages=[e[1] for e in events if e[0] == "json"],
