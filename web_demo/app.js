@@ -160,7 +160,11 @@ function startMessage() {
   return start;
 }
 
-async function openSession(t0) {
+/**
+ * Open a session for the current controls. The socket and `state.session` exist when this returns
+ * (messages sent before `ready` are queued by the session); `.ready` resolves once the server is ready.
+ */
+function openSession(t0) {
   closeSession();
   state.serverDone = null;
   state.doneReceived = false;
@@ -169,7 +173,6 @@ async function openSession(t0) {
   notice(state.fallbackNotice ?? "");
   ui.segments.replaceChildren();
   showSegment(null);
-  await player.resume();
   const session = new StreamSession(player, {
     onMessage,
     onClose: (event) => {
@@ -185,8 +188,8 @@ async function openSession(t0) {
   state.shown = session;
   setConn("connecting…", "idle");
   ui.stop.disabled = false;
-  await session.open(startMessage(), t0);
-  return session;
+  const opened = session.open(startMessage(), t0);
+  return { session, ready: Promise.all([opened, player.resume()]).then(() => session) };
 }
 
 function closeSession() {
@@ -205,7 +208,7 @@ async function speak(text) {
   closeSession(); // settles the previous utterance's promise first
   const finished = new Promise((resolve) => state.finishWaiters.push(resolve));
   try {
-    const session = await openSession(t0);
+    const session = await openSession(t0).ready;
     session.sendText(text);
     session.end();
   } catch (err) {
@@ -227,7 +230,7 @@ function stop() {
 }
 
 // --- live mode: the textarea streams like an LLM would --------------------------------------------
-async function liveInput() {
+function liveInput() {
   if (!ui.live.checked) return;
   const value = ui.text.value;
   if (value.length < state.liveSent) state.liveSent = value.length; // edits behind the cursor: ignore
@@ -235,17 +238,17 @@ async function liveInput() {
   if (!delta) return;
   state.liveSent = value.length;
   if (!state.session || state.session.closed) {
-    const opening = (state.liveOpening ??= openSession().finally(() => (state.liveOpening = null)));
-    await opening;
+    openSession().ready.catch((err) => showError(String(err.message ?? err)));
   }
-  state.session.sendText(delta);
+  state.session.sendText(delta); // in order, even while the socket is still connecting
 }
 
 function liveKey(event) {
   if (ui.live.checked && event.key === "Enter" && !event.shiftKey) {
     // Enter = "this turn is complete": flush it (the newline itself is still sent as text).
-    queueMicrotask(async () => {
-      await liveInput();
+    // after the input event, so the newline goes out with this turn
+    setTimeout(() => {
+      liveInput();
       state.session?.flush();
     });
   }
@@ -312,7 +315,7 @@ async function main() {
   ui.speak.addEventListener("click", () => speak(ui.text.value).catch(() => {}));
   ui.stop.addEventListener("click", stop);
   ui.live.addEventListener("change", liveToggle);
-  ui.text.addEventListener("input", () => liveInput().catch((err) => showError(String(err.message ?? err))));
+  ui.text.addEventListener("input", liveInput);
   ui.text.addEventListener("keydown", liveKey);
   ui.speed.addEventListener("input", () => (ui.speedOut.textContent = `${Number(ui.speed.value).toFixed(1)}×`));
 

@@ -12,6 +12,8 @@ export function wsUrl(path) {
   return url.href;
 }
 
+const MAX_UNSENT = 4096; // typed characters while the socket opens; far more than anyone types
+
 export class StreamSession {
   /**
    * @param {import("./player.js").StreamPlayer} player
@@ -28,6 +30,7 @@ export class StreamSession {
     this.clearing = false; // between our `clear` and the server's `cleared`
     this.resumeAfterClear = false; // live mode: keep the session and play the next turn
     this.closed = false;
+    this.unsent = []; // messages sent while still connecting; go out right after `start`
     this.turnStart = null; // performance.now() of the first text of the current turn
     this.ttfaMs = null; // client TTFA of the current turn: first text (or t0) -> first audio frame
   }
@@ -43,7 +46,10 @@ export class StreamSession {
       const ws = new WebSocket(wsUrl("/v1/stream"));
       ws.binaryType = "arraybuffer";
       this.ws = ws;
-      ws.onopen = () => ws.send(JSON.stringify({ type: "start", ...start }));
+      ws.onopen = () => {
+        ws.send(JSON.stringify({ type: "start", ...start }));
+        for (const queued of this.unsent.splice(0)) ws.send(queued);
+      };
       ws.onmessage = (event) => {
         if (typeof event.data !== "string") {
           this.onAudio(event.data);
@@ -108,7 +114,11 @@ export class StreamSession {
   }
 
   send(msg) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    if (!this.ws) return;
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    else if (this.ws.readyState === WebSocket.CONNECTING && this.unsent.length < MAX_UNSENT) {
+      this.unsent.push(JSON.stringify(msg));
+    }
   }
 
   sendText(text) {

@@ -132,3 +132,66 @@ def test_without_webcodecs_the_page_switches_to_pcm(
     assert stats["format"] == "pcm_s16le"
     assert_played_in_full(stats)
     assert page_errors.messages == []
+
+
+def test_speak_while_typing_streams_text_and_flushes_on_enter(
+    page, server_url: str, page_errors: PageErrors
+) -> None:  # type: ignore[no-untyped-def]
+    open_demo(page, server_url)
+    page.fill("#text", "")
+    page.click("label.switch")  # the toggle's visible part; the checkbox itself is visually hidden
+    assert page.is_checked("#live") and page.is_disabled("#speak")
+    page.click("#text")
+    page.keyboard.type("Typed like tokens from a model", delay=5)
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => window.ttsDemo.stats.serverDone?.type === 'flushed'")
+    page.wait_for_function("() => window.ttsDemo.stats.state === 'drained'")
+    stats = page.evaluate("() => window.ttsDemo.stats")
+    assert stats["segment"] == "Typed like tokens from a model"
+    expected_s = stats["serverDone"]["audio_ms"] / 1000.0
+    assert abs(stats["secondsPlayed"] - expected_s) <= 0.1 * expected_s
+    assert stats["underruns"] == 0 and stats["ttfaMs"] > 0
+    # a second turn on the same session: the pause between turns is not an underrun
+    page.keyboard.type("Second turn.", delay=5)
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => window.ttsDemo.stats.segment === 'Second turn.'")
+    page.wait_for_function("() => window.ttsDemo.stats.state === 'drained'")
+    assert page.evaluate("() => window.ttsDemo.stats.underruns") == 0
+    assert page_errors.messages == []
+
+
+def test_player_building_blocks(page, server_url: str) -> None:  # type: ignore[no-untyped-def]
+    """The resampler has no seams at chunk boundaries; the ring counts underruns only mid-stream."""
+    open_demo(page, server_url)
+    result = page.evaluate(
+        """async () => {
+            const { LinearResampler } = await import("./player.js");
+            const { PlaybackRing } = await import("./ring.js");
+            // a 440 Hz tone at 24 kHz, resampled to 44.1 kHz whole and in odd-sized chunks
+            const x = Float32Array.from({ length: 4800 }, (_, i) => Math.sin(2 * Math.PI * 440 * i / 24000));
+            const whole = new LinearResampler(24000, 44100).process(x);
+            const r = new LinearResampler(24000, 44100), parts = [];
+            for (let i = 0; i < x.length; i += 333) parts.push(...r.process(x.subarray(i, i + 333)));
+            let maxDiff = 0;
+            for (let i = 0; i < whole.length; i++) maxDiff = Math.max(maxDiff, Math.abs(whole[i] - parts[i]));
+
+            const ring = new PlaybackRing(48000, 10); // cushion = 480 samples
+            const block = new Float32Array(128), log = [];
+            ring.push(new Float32Array(300).fill(0.5));
+            log.push(ring.render(block), ring.state);          // below the cushion: silence
+            ring.push(new Float32Array(300).fill(0.5));
+            log.push(ring.render(block), ring.state);          // 600 >= 480: plays
+            for (let i = 0; i < 4; i++) ring.render(block);    // 600 - 5 * 128 < 0: runs dry
+            log.push(ring.underruns, ring.state);              // one underrun, re-cushioning
+            ring.push(new Float32Array(100).fill(0.5));
+            ring.endOfStream();
+            log.push(ring.render(block), ring.state, ring.underruns);  // eos: plays the rest, drained
+            return { wholeLen: whole.length, partsLen: parts.length, maxDiff, log, played: ring.played };
+        }"""
+    )
+    assert (
+        result["partsLen"] == result["wholeLen"] == 4799 * 44100 // 24000 + 1
+    )  # up to the last input sample
+    assert result["maxDiff"] < 1e-6
+    assert result["log"] == [0, "cushion", 128, "playing", 1, "cushion", 100, "drained", 1]
+    assert result["played"] == 700
