@@ -10,8 +10,9 @@ them never recompiles.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -92,15 +93,25 @@ class FlowSampler:
     """Samples mels from a `DiT` with Euler steps; ``compile`` compiles only the step function."""
 
     def __init__(
-        self, model: DiT, settings: SamplerSettings = SamplerSettings(), compile: bool = False
+        self,
+        model: DiT,
+        settings: SamplerSettings = SamplerSettings(),
+        compile: bool = False,
+        *,
+        compile_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """``compile_options`` are extra `torch.compile` arguments (e.g. ``mode``, ``backend``)
+        over the defaults ``fullgraph=True, dynamic=False``: one specialised graph per duration
+        bucket; the caller buckets and keeps the bucket count under torch._dynamo's recompile
+        limit (or raises it). Changing NFE, time grid or CFG strength never recompiles; switching
+        CFG on/off does (one more graph)."""
         self.model = model
         self.settings = settings
         self._step: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor] = self._velocity
         if compile:
-            # dynamic=False: one specialised graph per duration bucket (the caller buckets and
-            # keeps the bucket count under torch._dynamo's recompile limit).
-            self._step = torch.compile(self._velocity, fullgraph=True, dynamic=False)
+            options: dict[str, Any] = {"fullgraph": True, "dynamic": False}
+            options.update(compile_options or {})
+            self._step = torch.compile(self._velocity, **options)
         self._grids: dict[tuple[int, float | None, bool, str], tuple[Tensor, Tensor]] = {}
 
     def _velocity(self, x: Tensor, cond: Tensor, text_emb: Tensor, t: Tensor, cfg: Tensor) -> Tensor:
