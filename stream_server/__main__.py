@@ -33,7 +33,6 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from engine.factory import create_engine
-
     from stream_server.app import build_server, create_app
 
     config = load_config(args.config, overrides_from_args(args))

@@ -185,7 +185,7 @@ class Connection:
         self.channel = self.scheduler.open_channel(session_id, self._on_worker_event)
         frames = (cfg.server.max_ahead_s + _OUTBOX_SLACK_S) * 1000.0 / cfg.audio.frame_ms
         self.outbox = Outbox(int(frames) + 256)
-        self.limits = ProtocolLimits(cfg.server.max_message_chars)
+        self.limits = ProtocolLimits(cfg.server.max_message_chars, cfg.server.default_format)
         self.closed = False
         self.finished = asyncio.Event()
 

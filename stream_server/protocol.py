@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from stream_server.errors import ProtocolError
 
@@ -29,9 +29,10 @@ MAX_VOICE_CHARS = 64
 
 @dataclass(frozen=True)
 class ProtocolLimits:
-    """Limits the parser enforces (from ``ServerConfig``)."""
+    """What the parser enforces (from ``ServerConfig``)."""
 
     max_message_chars: int = 10_000
+    default_format: str = "opus"  # the format a `start` without `format` gets (for its sample_rate)
 
 
 # --------------------------------------------------------------------------- client -> server
@@ -193,7 +194,7 @@ def _parse_options(raw: Any) -> StartOptions:
     )
 
 
-def _parse_start(obj: dict[str, Any]) -> Start:
+def _parse_start(obj: dict[str, Any], limits: ProtocolLimits) -> Start:
     _reject_unknown(obj, _START_FIELDS, "start")
     voice = obj.get("voice")
     if voice is not None and (not isinstance(voice, str) or not 0 < len(voice) <= MAX_VOICE_CHARS):
@@ -210,13 +211,19 @@ def _parse_start(obj: dict[str, Any]) -> Start:
     if rate is not None:
         if not _is_int(rate):
             raise ProtocolError("invalid_field", "sample_rate must be an integer (Hz)")
-        allowed = SAMPLE_RATES[fmt or "opus"]
+        effective = fmt or limits.default_format
+        allowed = SAMPLE_RATES[effective]
         if rate not in allowed:
             raise ProtocolError(
                 "unsupported_sample_rate",
-                f"sample_rate for {fmt or 'opus'} must be one of {', '.join(map(str, allowed))}",
+                f"sample_rate for {effective} must be one of {', '.join(map(str, allowed))}",
             )
-    return Start(voice=voice, format=fmt, sample_rate=rate, options=_parse_options(obj.get("options")))
+    return Start(
+        voice=voice,
+        format=cast("AudioFormat | None", fmt),  # checked against SAMPLE_RATES above
+        sample_rate=rate,
+        options=_parse_options(obj.get("options")),
+    )
 
 
 def parse_client_message(raw: str, limits: ProtocolLimits) -> ClientMessage:
@@ -250,7 +257,7 @@ def parse_client_message(raw: str, limits: ProtocolLimits) -> ClientMessage:
             )
         return Text(text=text)
     if kind == "start":
-        return _parse_start(obj)
+        return _parse_start(obj, limits)
     if kind in _SIMPLE:
         _reject_unknown(obj, frozenset({"type"}), kind)
         return _SIMPLE[kind]()

@@ -79,6 +79,7 @@ def _read_text(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import soundfile as sf
+
     from engine.factory import create_engine
 
     text = _read_text(args)

@@ -109,6 +109,11 @@ def test_escaped_text_within_the_limit_is_accepted() -> None:
     assert parse_client_message(raw, LIMITS) == Text("\u4f60" * 100)
 
 
+def test_sample_rate_without_format_is_checked_against_the_default_format() -> None:
+    pcm_default = ProtocolLimits(max_message_chars=100, default_format="pcm_s16le")
+    assert parse_client_message('{"type":"start","sample_rate":22050}', pcm_default) == Start(sample_rate=22050)
+
+
 def test_sample_rates_match_what_the_codecs_support() -> None:
     assert SAMPLE_RATES["opus"] == codec.OPUS_RATES
     assert SAMPLE_RATES["pcm_s16le"] == codec.PCM_RATES
