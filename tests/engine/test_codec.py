@@ -137,6 +137,7 @@ def test_opus_encoder_resamples_when_rates_differ() -> None:
         {"bitrate": 600000},
         {"frame_ms": 25},
         {"application": "music"},
+        {"complexity": 11},
     ],
 )
 def test_opus_encoder_rejects_bad_arguments(kwargs: dict[str, object]) -> None:
