@@ -6,37 +6,12 @@ Every page records console errors and uncaught exceptions; tests assert there we
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@dataclass
-class PageErrors:
-    """Console errors and uncaught page exceptions seen by one page."""
-
-    messages: list[str] = field(default_factory=list)
-
-    def attach(self, page) -> None:  # type: ignore[no-untyped-def]
-        page.on(
-            "console", lambda m: m.type == "error" and self.messages.append(f"console: {m.text}")
-        )
-        page.on("pageerror", lambda e: self.messages.append(f"pageerror: {e}"))
+from tests.web_demo.browser_helpers import CHROMIUM, CHROMIUM_ARGS, PageErrors
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +25,10 @@ def server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser():  # type: ignore[no-untyped-def]
-    if not CHROMIUM.exists() and shutil.which("chromium") is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
@@ -68,7 +42,7 @@ def page_errors() -> PageErrors:
 
 
 @pytest.fixture
-def page(browser, page_errors: PageErrors):  # type: ignore[no-untyped-def]
+def page(browser: Browser, page_errors: PageErrors) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1100, "height": 720})
     page = context.new_page()
     page.set_default_timeout(20_000)

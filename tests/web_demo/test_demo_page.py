@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page
 
-from tests.web_demo.conftest import PageErrors
+from tests.web_demo.browser_helpers import PageErrors
 
 pytestmark = pytest.mark.browser
 
@@ -24,7 +25,7 @@ LONG_TEXT = " ".join(
 SPEAK = "text => window.ttsDemo.speak(text)"
 
 
-def open_demo(page, url: str) -> None:  # type: ignore[no-untyped-def]
+def open_demo(page: Page, url: str) -> None:
     page.goto(url + "/")
     page.evaluate("() => window.ttsDemo.ready")
 
@@ -44,7 +45,7 @@ def assert_played_in_full(stats: dict) -> None:
     assert stats["lastError"] is None
 
 
-def test_page_loads_and_lists_voices(page, server_url: str, page_errors: PageErrors) -> None:  # type: ignore[no-untyped-def]
+def test_page_loads_and_lists_voices(page: Page, server_url: str, page_errors: PageErrors) -> None:
     open_demo(page, server_url)
     voices = page.eval_on_selector_all("#voice option", "opts => opts.map(o => o.value)")
     assert "en-us" in voices and "cmn" in voices
@@ -56,8 +57,8 @@ def test_page_loads_and_lists_voices(page, server_url: str, page_errors: PageErr
 
 
 def test_speak_plays_the_whole_utterance_without_underruns(
-    page, server_url: str, page_errors: PageErrors, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    page: Page, server_url: str, page_errors: PageErrors, tmp_path: Path
+) -> None:
     open_demo(page, server_url)
     page.fill("#text", SENTENCE)
     stats = page.evaluate(SPEAK, SENTENCE)
@@ -81,8 +82,8 @@ def test_speak_plays_the_whole_utterance_without_underruns(
 
 
 def test_stop_silences_playback_and_decodes_nothing_more(
-    page, server_url: str, page_errors: PageErrors
-) -> None:  # type: ignore[no-untyped-def]
+    page: Page, server_url: str, page_errors: PageErrors
+) -> None:
     open_demo(page, server_url)
     page.evaluate("text => { window.speaking = window.ttsDemo.speak(text); }", LONG_TEXT)
     page.wait_for_function("() => window.ttsDemo.stats.secondsPlayed > 0.4")
@@ -112,7 +113,7 @@ def test_stop_silences_playback_and_decodes_nothing_more(
     assert page_errors.messages == []
 
 
-def test_pcm_format_plays_too(page, server_url: str, page_errors: PageErrors) -> None:  # type: ignore[no-untyped-def]
+def test_pcm_format_plays_too(page: Page, server_url: str, page_errors: PageErrors) -> None:
     open_demo(page, server_url)
     page.select_option("#format", "pcm_s16le")
     stats = page.evaluate(SPEAK, SENTENCE)
@@ -122,8 +123,8 @@ def test_pcm_format_plays_too(page, server_url: str, page_errors: PageErrors) ->
 
 
 def test_without_webcodecs_the_page_switches_to_pcm(
-    page, server_url: str, page_errors: PageErrors
-) -> None:  # type: ignore[no-untyped-def]
+    page: Page, server_url: str, page_errors: PageErrors
+) -> None:
     page.add_init_script("delete window.AudioDecoder;")
     open_demo(page, server_url)
     assert page.input_value("#format") == "pcm_s16le"
@@ -135,8 +136,8 @@ def test_without_webcodecs_the_page_switches_to_pcm(
 
 
 def test_speak_while_typing_streams_text_and_flushes_on_enter(
-    page, server_url: str, page_errors: PageErrors
-) -> None:  # type: ignore[no-untyped-def]
+    page: Page, server_url: str, page_errors: PageErrors
+) -> None:
     open_demo(page, server_url)
     page.fill("#text", "")
     page.click("label.switch")  # the toggle's visible part; the checkbox itself is visually hidden
@@ -160,7 +161,7 @@ def test_speak_while_typing_streams_text_and_flushes_on_enter(
     assert page_errors.messages == []
 
 
-def test_player_building_blocks(page, server_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_player_building_blocks(page: Page, server_url: str) -> None:
     """The resampler has no seams at chunk boundaries; the ring counts underruns only mid-stream."""
     open_demo(page, server_url)
     result = page.evaluate(

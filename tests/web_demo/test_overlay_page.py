@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from playwright.sync_api import Page
 
-from tests.web_demo.conftest import PageErrors
+from tests.web_demo.browser_helpers import PageErrors
 
 pytestmark = pytest.mark.browser
 
 
 def test_two_posted_messages_are_spoken_in_order_with_captions(
-    page, server_url: str, page_errors: PageErrors
-) -> None:  # type: ignore[no-untyped-def]
+    page: Page, server_url: str, page_errors: PageErrors
+) -> None:
     page.goto(server_url + "/overlay?size=30&lines=3")
     page.wait_for_function("() => window.ttsOverlay && window.ttsOverlay.stats.connected")
     assert (
@@ -49,7 +50,9 @@ def test_two_posted_messages_are_spoken_in_order_with_captions(
     assert page_errors.messages == []
 
 
-def test_skip_stops_the_current_message(page, server_url: str, page_errors: PageErrors) -> None:  # type: ignore[no-untyped-def]
+def test_skip_stops_the_current_message(
+    page: Page, server_url: str, page_errors: PageErrors
+) -> None:
     page.goto(server_url + "/overlay")
     page.wait_for_function("() => window.ttsOverlay && window.ttsOverlay.stats.connected")
     long_text = (
