@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, Playwright
 
-from tests.web_demo.browser_helpers import PageErrors
+from tests.web_demo.browser_helpers import CHROMIUM, CHROMIUM_ARGS, PageErrors
 
 pytestmark = pytest.mark.browser
 
@@ -68,3 +68,22 @@ def test_skip_stops_the_current_message(
     assert not stats["playing"] and stats["secondsPlayed"] < 3.0
     assert page.is_hidden("#caption-box")
     assert page_errors.messages == []
+
+
+def test_without_autoplay_the_overlay_offers_an_enable_audio_button(
+    playwright: Playwright, server_url: str
+) -> None:
+    """A normal browser (no autoplay flag, unlike OBS) needs one click before audio can play."""
+    args = [a for a in CHROMIUM_ARGS if not a.startswith("--autoplay-policy")]
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
+    try:
+        page = browser.new_page()
+        page.goto(server_url + "/overlay")
+        page.wait_for_function("() => window.ttsOverlay && window.ttsOverlay.stats.connected")
+        assert page.is_visible("#enable-audio")
+        assert page.evaluate("() => window.ttsOverlay.stats.audioEnabled") is False
+        page.click("#enable-audio")
+        page.wait_for_function("() => window.ttsOverlay.stats.audioEnabled")
+        assert page.is_hidden("#enable-audio")
+    finally:
+        browser.close()
