@@ -191,7 +191,8 @@ class Attention(nn.Module):
         parts = (self.to_q, self.to_k, self.to_v)
         w = torch.cat([p.weight.detach() for p in parts], dim=0)
         b = torch.cat([p.bias.detach() for p in parts], dim=0)
-        fused = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+        # built on meta (no init, no draw from the global RNG), then given the real tensors
+        fused = nn.Linear(w.shape[1], w.shape[0], device="meta", dtype=w.dtype)
         fused.weight = nn.Parameter(w, requires_grad=False)
         fused.bias = nn.Parameter(b, requires_grad=False)
         self.qkv = fused
