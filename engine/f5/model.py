@@ -14,6 +14,7 @@ function: no host syncs and no branches on tensor values, so it can be `torch.co
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +140,7 @@ class TimestepEmbedding(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(_TIME_FREQ_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:  # (b,) float32 -> (b, dim) in the model dtype
-        w = self.time_mlp[0].weight
+        w = next(self.time_mlp.parameters())
         return self.time_mlp(sinusoidal_time_embedding(t).to(w.dtype))
 
 
@@ -289,7 +290,7 @@ class DiT(nn.Module):
 
     def fuse_qkv(self) -> None:
         for block in self.transformer_blocks:
-            block.attn.fuse_qkv()
+            cast(DiTBlock, block).attn.fuse_qkv()
 
     def embed_text(self, text_ids: Tensor, n_frames: int, cfg: bool = True) -> Tensor:
         """Text features for a sample of ``n_frames`` total frames (reference + generated).
