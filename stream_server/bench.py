@@ -299,7 +299,9 @@ def write_plot(path: str | Path, levels: list[dict[str, Any]]) -> None:
                 color=colour,
                 label=f"{lv['clients']} clients: {label}",
             )
-    ax.set_xlabel("TTFA (ms)")
+    if ax.lines:
+        ax.set_xscale("log")  # TTFAs span single milliseconds to seconds (token streaming)
+    ax.set_xlabel("TTFA (ms, log scale)")
     ax.set_ylabel("fraction of utterances")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
