@@ -1,20 +1,24 @@
 """eSpeak NG engine: real (formant) speech on any CPU, no model files.
 
 The library comes from ``espeakng_loader`` and is driven through ctypes in synchronous mode: one
-``espeak_Synth`` call runs the whole segment and hands 22050 Hz int16 buffers to a callback. The
+``espeak_Synth`` call runs a whole text and hands 22050 Hz int16 buffers to a callback. The
 library is process-global (one voice, one rate, one callback), so one module-level lock serializes
 every call into it, and it is initialised once per process.
 
-eSpeak is fast (about 1-2 ms of CPU per second of speech on this class of machine), so a segment is
-synthesized whole under the lock, and then resampled to 24 kHz and yielded piece by piece
-(``chunk_ms``) with a streaming resampler: the first chunk is ready a few ms after the call, the
-server can interleave sessions between chunks, and a cancelled segment costs no further work.
+eSpeak is fast (about 2-4 ms of CPU per second of speech on this 2-core machine) but cannot yield
+mid-call, so a segment is synthesized clause by clause: eSpeak builds intonation per clause anyway,
+and with ``espeakENDPAUSE`` each clause ends with the pause eSpeak would put there inside the whole
+text, so the result matches a one-call rendering (same pauses, length within a few ms). Each clause
+is resampled to 24 kHz by one streaming resampler (no seams) and yielded in ``chunk_ms`` pieces:
+the first chunk costs only the first clause, the engine thread is never held for a whole long
+segment, and a cancelled segment costs no further work.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -35,12 +39,17 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000  # return errors instead of calling exit()
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
+_END_PAUSE = 0x1000  # espeakENDPAUSE: end the text with the pause its final punctuation implies
 _PARAM_RATE = 1
 _EE_OK = 0
 _EE_NOT_FOUND = 2
 
 _TRIM_THRESHOLD = 0.003  # about -50 dBFS: what counts as sound when trimming edge silence
 _TRIM_MARGIN_S = 0.010  # silence kept before the first and after the last sound
+_MIN_CLAUSE_CHARS = 24  # shorter clauses are merged with the next (fewer calls, same speech)
+# a clause ends after , ; : ! ? followed by a space, or after CJK punctuation. Not after ".":
+# "Dr. Smith" or "3 p.m. on" must not get a sentence pause; the chunker already cuts sentences.
+_CLAUSE_END = re.compile(r"(?<=[,;:!?])\s+|(?<=[，。！？；：、])\s*")
 
 
 @dataclass(frozen=True)
@@ -136,8 +145,36 @@ def _load_locked() -> ctypes.CDLL:
     return lib
 
 
-def _synth_locked(lib: ctypes.CDLL, text: str, espeak_voice: str, wpm: int) -> np.ndarray:
-    """One whole segment -> int16 ``(n,)`` at 22050 Hz (caller holds ``_LOCK``).
+def split_clauses(text: str, min_chars: int = _MIN_CLAUSE_CHARS) -> list[str]:
+    """Cut ``text`` after clause punctuation into pieces of at least ``min_chars`` UTF-8 bytes (the
+    last may be shorter). The pieces joined (with a space after Latin punctuation) give back the
+    text up to whitespace."""
+    pieces: list[str] = []
+    current = ""
+    for part in _CLAUSE_END.split(text):
+        if not part:
+            continue
+        current = f"{current} {part}" if current and not _is_cjk_end(current) else current + part
+        if len(current.encode("utf-8")) >= min_chars:  # UTF-8 bytes: a CJK character counts 3
+            pieces.append(current)
+            current = ""
+    if current:
+        if pieces and len(current.encode("utf-8")) < min_chars // 2:
+            pieces[-1] += ("" if _is_cjk_end(pieces[-1]) else " ") + current
+        else:
+            pieces.append(current)
+    return pieces
+
+
+def _is_cjk_end(text: str) -> bool:
+    return bool(text) and text[-1] in "，。！？；：、"
+
+
+def _synth_locked(
+    lib: ctypes.CDLL, text: str, espeak_voice: str, wpm: int, end_pause: bool = False
+) -> np.ndarray:
+    """One text -> int16 ``(n,)`` at 22050 Hz (caller holds ``_LOCK``). ``end_pause`` appends the
+    pause the final punctuation implies (150 ms after a comma, 300 ms after a full stop at 175 wpm).
 
     Not bit-exact across calls: eSpeak carries synthesizer state from one call to the next, so
     the same text can come out a few samples longer or shorter.
@@ -155,7 +192,8 @@ def _synth_locked(lib: ctypes.CDLL, text: str, espeak_voice: str, wpm: int) -> n
     data = text.encode("utf-8")
     _buffers.clear()
     try:
-        rc = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        flags = _CHARS_UTF8 | (_END_PAUSE if end_pause else 0)
+        rc = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, flags, None, None)
         if rc != _EE_OK:
             raise EngineError(f"eSpeak NG synthesis failed (error {rc})")
         if not _buffers:
@@ -165,13 +203,18 @@ def _synth_locked(lib: ctypes.CDLL, text: str, espeak_voice: str, wpm: int) -> n
         _buffers.clear()
 
 
-def _trim_edges(x: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Cut leading/trailing silence down to ``_TRIM_MARGIN_S``; all-silent input becomes empty."""
+def _trim_edges(
+    x: np.ndarray, sample_rate: int, start: bool = True, end: bool = True
+) -> np.ndarray:
+    """Cut leading (``start``) and/or trailing (``end``) silence down to ``_TRIM_MARGIN_S``;
+    all-silent input becomes empty."""
     loud = np.flatnonzero(np.abs(x) > _TRIM_THRESHOLD)
     if loud.shape[0] == 0:
         return x[:0]
     margin = round(_TRIM_MARGIN_S * sample_rate)
-    return x[max(0, loud[0] - margin) : loud[-1] + 1 + margin]
+    lo = max(0, loud[0] - margin) if start else 0
+    hi = loud[-1] + 1 + margin if end else x.shape[0]
+    return x[lo:hi]
 
 
 class EspeakEngine:
@@ -232,22 +275,25 @@ class EspeakEngine:
         return self._chunks(clean, spec.espeak_name, wpm)
 
     def _chunks(self, text: str, espeak_voice: str, wpm: int) -> Iterator[np.ndarray]:
-        """Whole segment at 22050 Hz, edge silence trimmed, then resampled chunk by chunk."""
-        if not text:
-            return
-        with _LOCK:
-            pcm16 = _synth_locked(_load_locked(), text, espeak_voice, wpm)
-        x = _trim_edges(pcm16.astype(np.float32) / 32768.0, ESPEAK_RATE_HZ)
-        if x.shape[0] == 0:
-            return
+        """Clause by clause at 22050 Hz (segment edges trimmed), resampled chunk by chunk."""
+        clauses = split_clauses(text)
         resampler = StreamingResampler(ESPEAK_RATE_HZ, OUTPUT_RATE_HZ)
+        started = False  # leading silence is trimmed until the first sound
         step = self.chunk_samples_in
-        for start in range(0, x.shape[0], step):
-            y = resampler.process(x[start : start + step])
-            if start + step >= x.shape[0]:  # last piece: append the resampler's tail
-                y = np.concatenate([y, resampler.flush()])
-            if y.shape[0]:
-                yield np.clip(y, -1.0, 1.0)
+        for k, clause in enumerate(clauses):
+            last = k == len(clauses) - 1
+            with _LOCK:
+                pcm16 = _synth_locked(_load_locked(), clause, espeak_voice, wpm, end_pause=not last)
+            x = _trim_edges(pcm16.astype(np.float32) / 32768.0, ESPEAK_RATE_HZ, not started, last)
+            started = started or x.shape[0] > 0
+            for start in range(0, x.shape[0], step):
+                y = resampler.process(x[start : start + step])
+                if y.shape[0]:
+                    yield np.clip(y, -1.0, 1.0)
+        if started:
+            tail = resampler.flush()
+            if tail.shape[0]:
+                yield np.clip(tail, -1.0, 1.0)
 
     def warmup(self) -> float:
         """Synthesize a short phrase per listed voice family (loads dictionaries); returns seconds."""

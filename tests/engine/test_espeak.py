@@ -14,6 +14,7 @@ from engine.espeak import EspeakEngine
 
 EN = "Hello there, this is a test of the streaming speech server. It should sound natural."
 ZH = "你好，欢迎使用流式语音合成服务器。今天天气很好。"
+CLAUSES = "The weather tomorrow looks mostly sunny, with a high of twenty-three degrees, and a light breeze."
 
 
 @pytest.fixture(scope="module")
@@ -76,19 +77,81 @@ def test_speech_is_nonsilent_float32_of_plausible_length(
 
 def test_chunks_join_without_seams(engine: EspeakEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunked resampling must equal the one-shot result (no seams at chunk boundaries)."""
-    # eSpeak is not bit-exact from call to call, so feed both engines one captured rendering
+    # eSpeak is not bit-exact from call to call, so every call returns one captured rendering
     with espeak._LOCK:
         raw = espeak._synth_locked(espeak._load_locked(), EN, "en-us", 175)
-    monkeypatch.setattr(espeak, "_synth_locked", lambda *args: raw)
-    chunks = synth(engine, EN, "en-us")
+    monkeypatch.setattr(espeak, "_synth_locked", lambda *args, **kwargs: raw)
+    chunks = synth(engine, CLAUSES, "en-us")
     a = np.concatenate(chunks)
-    b = np.concatenate(list(EspeakEngine(chunk_ms=1000).synthesize(EN, "en-us", SynthOptions())))
+    b = np.concatenate(
+        list(EspeakEngine(chunk_ms=1000).synthesize(CLAUSES, "en-us", SynthOptions()))
+    )
     assert len(chunks) > 20
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, atol=1e-5)
-    # and the 24 kHz output is as long as the trimmed 22050 Hz input implies
-    trimmed = espeak._trim_edges(raw.astype(np.float32) / 32768.0, 22050)
-    assert a.shape[0] == -(-trimmed.shape[0] * 160 // 147)
+    # three clauses: the first trimmed at its start, the last at its end; then 22050 -> 24000 Hz
+    assert len(espeak.split_clauses(CLAUSES)) == 3
+    x = raw.astype(np.float32) / 32768.0
+    n_in = espeak._trim_edges(x, 22050, True, False).shape[0] + x.shape[0]
+    n_in += espeak._trim_edges(x, 22050, False, True).shape[0]
+    assert a.shape[0] == -(-n_in * 160 // 147)
+
+
+@pytest.mark.parametrize(
+    ("text", "pieces"),
+    [
+        ("Hi.", ["Hi."]),
+        ("Yes, I think, maybe.", ["Yes, I think, maybe."]),  # short clauses merge
+        (
+            "The weather tomorrow looks mostly sunny, with a light breeze from the west.",
+            ["The weather tomorrow looks mostly sunny,", "with a light breeze from the west."],
+        ),
+        # no cut at "." (abbreviations) or inside numbers
+        (
+            "Dr. Smith paid $1,000.50 for it; e.g. the blue one.",
+            ["Dr. Smith paid $1,000.50 for it;", "e.g. the blue one."],
+        ),
+        (
+            "你好，欢迎使用流式语音合成服务器。今天天气很好。",
+            ["你好，欢迎使用流式语音合成服务器。", "今天天气很好。"],
+        ),
+        (
+            "新版 App 支持 dark mode 和离线下载，你可以打开 auto update 功能。",
+            ["新版 App 支持 dark mode 和离线下载，", "你可以打开 auto update 功能。"],
+        ),
+        ("Okay, and then a tail", ["Okay, and then a tail"]),
+    ],
+)
+def test_split_clauses(text: str, pieces: list[str]) -> None:
+    assert espeak.split_clauses(text) == pieces
+
+
+@pytest.mark.parametrize(("text", "voice"), [(CLAUSES, "en-us"), (ZH, "cmn")])
+def test_clause_by_clause_matches_one_call(engine: EspeakEngine, text: str, voice: str) -> None:
+    """Split synthesis keeps eSpeak's own pauses: same duration as one call within 10 ms."""
+    assert len(espeak.split_clauses(text)) >= 2
+    split = sum(c.shape[0] for c in synth(engine, text, voice)) / 24000
+    with espeak._LOCK:
+        raw = espeak._synth_locked(espeak._load_locked(), text, voice, 175)
+    whole = espeak._trim_edges(raw.astype(np.float32) / 32768.0, 22050).shape[0] / 22050
+    assert split == pytest.approx(whole, abs=0.010)
+
+
+def test_first_chunk_needs_only_the_first_clause(
+    engine: EspeakEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real = espeak._synth_locked
+
+    def spy(lib: object, text: str, *args: object, **kwargs: object) -> np.ndarray:
+        calls.append(text)
+        return real(lib, text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(espeak, "_synth_locked", spy)
+    gen = engine.synthesize(CLAUSES, "en-us", SynthOptions())
+    next(gen)
+    assert calls == ["The weather tomorrow looks mostly sunny,"]
+    gen.close()
 
 
 def test_speed_option_shortens_audio(engine: EspeakEngine) -> None:
