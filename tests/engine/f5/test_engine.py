@@ -38,7 +38,7 @@ head:
 """
 
 
-def _write_tiny_vocos(folder: Path) -> Path:
+def write_tiny_vocos(folder: Path) -> Path:
     from vocos import Vocos
 
     folder.mkdir(parents=True)
@@ -48,7 +48,7 @@ def _write_tiny_vocos(folder: Path) -> Path:
     return folder
 
 
-def _voice_wave(seconds: float, amplitude: float) -> np.ndarray:
+def voice_wave(seconds: float, amplitude: float) -> np.ndarray:
     """A voiced-sounding test clip at a steady level: harmonics of a wobbling 150 Hz tone.
 
     Float32 at 24 kHz; steady so that silence trimming keeps all of it at any amplitude used here.
@@ -61,8 +61,8 @@ def _voice_wave(seconds: float, amplitude: float) -> np.ndarray:
     return wave.astype(np.float32)
 
 
-def _write_voice(folder: Path, name: str, amplitude: float, text: str = "Some reference words.") -> None:
-    sf.write(folder / f"{name}.wav", _voice_wave(1.2, amplitude), 24000, subtype="FLOAT")
+def write_voice(folder: Path, name: str, amplitude: float, text: str = "Some reference words.") -> None:
+    sf.write(folder / f"{name}.wav", voice_wave(1.2, amplitude), 24000, subtype="FLOAT")
     (folder / f"{name}.txt").write_text(text)
 
 
@@ -73,12 +73,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[ResolvedWeights, Pa
     # Our own DiT before q/k/v fusion has the official key layout; no reference import needed.
     state = randomize_(DiT(cfg), seed=0).state_dict()
     ckpt = write_safetensors_checkpoint(state, root / "model.safetensors")
-    weights = ResolvedWeights(ckpt, write_vocab(root / "vocab.txt"), _write_tiny_vocos(root / "vocos"))
+    weights = ResolvedWeights(ckpt, write_vocab(root / "vocab.txt"), write_tiny_vocos(root / "vocos"))
     voices = root / "voices"
     voices.mkdir()
-    _write_voice(voices, "alice", 0.5)
-    _write_voice(voices, "quiet5", 0.05)
-    _write_voice(voices, "quiet2", 0.02)
+    write_voice(voices, "alice", 0.5)
+    write_voice(voices, "quiet5", 0.05)
+    write_voice(voices, "quiet2", 0.02)
     return weights, voices
 
 
@@ -197,7 +197,7 @@ def test_closing_the_stream_early_is_safe(engine: F5Engine) -> None:
 
 
 def test_random_weights_need_no_files(tmp_path: Path) -> None:
-    _write_voice(tmp_path, "v", 0.3)
+    write_voice(tmp_path, "v", 0.3)
     cfg = EngineConfig(engine="f5", device="cpu", random_weights=True, voices_dir=str(tmp_path),
                        vocoder_first_chunk_frames=8)
     eng = F5Engine(cfg, model_config=small_config(text_num_embeds=2545))

@@ -1,0 +1,85 @@
+"""End to end (issue 3): the server streams real Opus from an F5Engine built from a small random
+checkpoint written by the test in the official layout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from engine.codec import OpusFrameDecoder
+from engine.config import EngineConfig
+from engine.f5.engine import F5Engine
+from engine.f5.model import DiT
+from engine.f5.weights import ResolvedWeights
+from tests.engine.f5.test_engine import write_tiny_vocos, write_voice
+from tests.f5_fixtures import randomize_, small_config, write_safetensors_checkpoint, write_vocab
+from tests.server_fixtures import collect, make_config, running_server, ws_url
+
+TEXT = "The first sentence is long enough to stand alone. A second one follows it closely."
+
+
+@pytest.fixture(scope="module")
+def f5_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, F5Engine]]:
+    root = tmp_path_factory.mktemp("f5e2e")
+    model_cfg = small_config(text_num_embeds=2545)
+    ckpt = write_safetensors_checkpoint(
+        randomize_(DiT(model_cfg), seed=1).state_dict(), root / "model_1250000.safetensors"
+    )
+    weights = ResolvedWeights(ckpt, write_vocab(root / "vocab.txt"), write_tiny_vocos(root / "vocos"))
+    voices = root / "voices"
+    voices.mkdir()
+    write_voice(voices, "alice", 0.5)
+    cfg = EngineConfig(engine="f5", device="cpu", voices_dir=str(voices))
+    engine = F5Engine(cfg, model_config=model_cfg, weights=weights)
+    with running_server(make_config(), engine) as url:
+        yield url, engine
+
+
+def test_streams_opus_from_f5(f5_server: tuple[str, F5Engine]) -> None:
+    url, engine = f5_server
+    start = {"type": "start", "voice": "alice", "format": "opus", "options": {"seed": 7, "nfe": 7}}
+    got = asyncio.run(
+        collect(ws_url(url), [start, {"type": "text", "text": TEXT}, {"type": "end"}], timeout_s=120)
+    )
+    assert got.close_code == 1000
+    types = [m["type"] for m in got.messages]
+    assert types[0] == "ready" and types[-1] == "done"
+    assert "error" not in types
+    ready = got.messages[0]
+    assert ready["engine"] == "f5" and ready["voice"] == "alice"
+
+    # message order: each segment's `segment` comes before its audio and `segment_done` after it
+    current = None
+    for kind, value in got.events:
+        if kind == "audio":
+            assert current is not None, "audio before any segment message"
+        elif value["type"] == "segment":
+            current = value["index"]
+        elif value["type"] == "segment_done":
+            assert value["index"] == current
+    segments = [m for m in got.messages if m["type"] == "segment"]
+    assert len(segments) == 2
+
+    dec = OpusFrameDecoder(24000)
+    pcm = np.concatenate([dec.decode(f) for f in got.frames])
+    done = got.messages[-1]
+    assert pcm.shape[0] / 24.0 == pytest.approx(done["audio_ms"])  # exactly the frames sent
+    assert done["audio_ms"] > 500 and done["segments"] == 2 and done["ttfa_ms"] > 0
+    assert float(np.sqrt(np.mean(pcm**2))) > 1e-3  # the random model's audio is not silence
+    # the engine's last segment: its generated frames fit inside the streamed audio
+    assert engine.last_mel is not None
+    assert 256 * (engine.last_mel.shape[0] - 1) / 24.0 < done["audio_ms"]
+
+
+def test_unknown_voice_is_reported_and_the_session_goes_on(f5_server: tuple[str, F5Engine]) -> None:
+    url, _ = f5_server
+    got = asyncio.run(collect(
+        ws_url(url),
+        [{"type": "start", "voice": "nobody"}, {"type": "text", "text": "Hi there."}, {"type": "end"}],
+        timeout_s=60,
+    ))
+    errors = [m for m in got.messages if m["type"] == "error"]
+    assert errors and errors[0]["code"] == "unknown_voice"
