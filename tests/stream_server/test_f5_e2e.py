@@ -3,8 +3,11 @@ checkpoint written by the test in the official layout."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +86,65 @@ def test_unknown_voice_is_reported_and_the_session_goes_on(f5_server: tuple[str,
     ))
     errors = [m for m in got.messages if m["type"] == "error"]
     assert errors and errors[0]["code"] == "unknown_voice"
+
+
+# --- the CLI tools around the F5 engine (stream-tts download / bench-engine) ---------------------
+
+
+def _parse(module: object, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.configure_parser(parser)  # type: ignore[attr-defined]
+    return parser.parse_args(argv)
+
+
+def test_download_cli_reports_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.f5 import weights
+    from stream_server import download
+
+    def fake_download(*, repo_id: str, filename: str, local_dir: Path | None = None,
+                      cache_dir: Path | None = None) -> str:
+        assert local_dir is not None
+        path = Path(local_dir) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        return str(path)
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(weights, "hf_hub_download", fake_download)
+    assert download.run(_parse(download, ["--dest", str(tmp_path / "models")])) == 0
+    out = capsys.readouterr().out
+    assert f"--checkpoint {tmp_path / 'models' / 'F5TTS_v1_Base' / 'model_1250000.safetensors'}" in out
+    assert f"--vocoder {tmp_path / 'models' / 'vocos'}" in out
+
+
+def test_download_cli_offline_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.f5 import weights
+    from stream_server import download
+
+    def offline(**kwargs: object) -> str:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(weights, "hf_hub_download", offline)
+    assert download.run(_parse(download, [])) == 1
+    err = capsys.readouterr().err
+    assert "could not download SWivid/F5-TTS" in err and "offline" in err
+
+
+def test_bench_engine_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stream_server import bench_engine
+
+    out = tmp_path / "bench.json"
+    args = _parse(bench_engine, ["--engine", "espeak", "--runs", "2", "--json", str(out),
+                                 "--text", "One short sentence. And another one."])
+    assert bench_engine.run(args) == 0
+    result = json.loads(out.read_text())
+    assert result["engine"] == "espeak" and result["runs"] == 2 and result["segments"] >= 1
+    ours = result["ours"]
+    assert ours["audio_s"] > 0.5 and 0 < ours["ttfa_s"] <= ours["total_s"]
+    assert ours["rtf"] == pytest.approx(ours["total_s"] / ours["audio_s"], rel=0.5)
+    assert "RTF" in capsys.readouterr().out
