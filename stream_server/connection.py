@@ -303,7 +303,7 @@ class Connection:
                     await self.ws.send_bytes(payload)
                     now = time.monotonic()
                     session.on_audio_written(item, now)
-                    self.scheduler.note_written(self.channel, item.audio_s, now)
+                    self.scheduler.note_written(self.channel, item.audio_s)
                 else:
                     msg = payload() if callable(payload) else payload
                     await self.ws.send_text(encode_server_message(msg))

@@ -85,7 +85,7 @@ class Channel:
     jobs: deque[_Job] = field(default_factory=deque)
     produced_s: float = 0.0  # audio produced since the clock was last reset
     written_s: float = 0.0  # of which the socket writer has written this much
-    clock_start: float | None = None  # monotonic time the first frame of this stretch was written
+    clock_start: float | None = None  # monotonic time the first audio of this stretch was produced
     arrival_s: float = 0.0  # arrival of the text that started this stretch
     closed: bool = False
 
@@ -154,6 +154,9 @@ class Scheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._posted_lock = threading.Lock()  # guards _posted and _wake_pending (never held long)
+        self._posted: deque[tuple[Channel, WorkerEvent]] = deque()
+        self._wake_pending = False
 
     # ------------------------------------------------------------------ event-loop side
 
@@ -223,13 +226,12 @@ class Scheduler:
             self._cancel_locked(channel)
             self._cond.notify()
 
-    def note_written(self, channel: Channel, audio_s: float, now: float) -> None:
-        """The socket writer wrote ``audio_s`` seconds of this session's audio at time ``now``."""
+    def note_written(self, channel: Channel, audio_s: float) -> None:
+        """The socket writer wrote ``audio_s`` seconds of this session's audio."""
         with self._cond:
-            if channel.clock_start is None:
-                channel.clock_start = now
             channel.written_s += audio_s
-            self._cond.notify()
+            if channel.produced_s - channel.written_s < self.max_ahead_s:
+                self._cond.notify()  # wakes the worker if this session was parked
 
     def job_count(self) -> int:
         """Jobs queued or in flight over all sessions (tests check it empties)."""
@@ -334,6 +336,10 @@ class Scheduler:
             ch = job.channel
             job.synth_s += elapsed
             job.audio_s += audio_s
+            if ch.clock_start is None and audio_s > 0:
+                # playback starts about now (the writer sends at once): from here the session's
+                # deadline is when its client would run dry, not its arrival any more
+                ch.clock_start = time.monotonic()
             ch.produced_s += audio_s
             if failure is not None or finished:
                 ch.jobs.popleft()
@@ -350,8 +356,29 @@ class Scheduler:
             self._post(job.channel, event)
 
     def _post(self, channel: Channel, event: WorkerEvent) -> None:
+        """Hand an event to the loop. One wake-up per batch: each ``call_soon_threadsafe`` writes
+        to the loop's self-pipe (a syscall), which under load cost more than encoding a chunk."""
         assert self._loop is not None
+        with self._posted_lock:
+            self._posted.append((channel, event))
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         try:
-            self._loop.call_soon_threadsafe(channel.sink, event)
+            self._loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the loop is closed: the server is gone, nobody to tell
-            log.debug("event for session %s dropped: loop closed", channel.session_id)
+            log.debug("events dropped: loop closed")
+
+    def _deliver(self) -> None:
+        """On the loop: run the sinks of everything posted since the last wake-up, in order.
+
+        The batch is bounded: the worker posts at most one audio event per chunk and parks a
+        session ``max_ahead_s`` ahead of its writer, and the loop drains the whole batch each time.
+        """
+        with self._posted_lock:
+            batch = list(self._posted)
+            self._posted.clear()
+            self._wake_pending = False
+        for channel, event in batch:
+            if not channel.closed:
+                channel.sink(event)

@@ -149,7 +149,7 @@ async def test_a_session_too_far_ahead_is_parked_until_the_writer_catches_up() -
     await asyncio.sleep(0.3)  # parked: no further progress without writes
     produced = sum(e.audio_s for e in sink.events if isinstance(e, SegmentAudio))
     assert produced < 0.25 and finished(sink.events) == []
-    sched.note_written(ch, 10.0, now=0.0)  # the writer caught up (and far beyond)
+    sched.note_written(ch, 10.0)  # the writer caught up (and far beyond)
     await sink.wait_for(lambda ev: finished(ev) == [0])
     await asyncio.to_thread(sched.stop)
 
