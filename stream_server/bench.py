@@ -179,6 +179,8 @@ async def run_client(
                 if math.isnan(t_sentence):
                     t_sentence = time.perf_counter()  # end flushes the only sentence
                 await asyncio.wait_for(asyncio.shield(reader), timeout_s)
+                if res.audio_ms is None and res.error is None:
+                    res.error = "the server closed the session without a done message"
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)

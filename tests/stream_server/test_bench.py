@@ -248,3 +248,20 @@ def test_end_to_end_against_espeak_server(
             if llm_rate != "0":  # the first sentence completes after the first token was sent
                 assert r["sentence_ttfa_ms"] < r["client_ttfa_ms"]
     assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_server_errors_are_reported_per_utterance(
+    espeak_server_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Hello there.\n")
+    out_json = tmp_path / "bench.json"
+    args = parse(
+        "--url", espeak_server_url, "--clients", "1", "--texts", str(texts),
+        "--voice", "klingon", "--json", str(out_json),
+    )  # fmt: skip
+    assert bench.run(args) == 1  # the run completes, but an utterance had an error
+    level = json.loads(out_json.read_text())["levels"][0]
+    assert level["errors"] == 1
+    assert level["results"][0]["error"].startswith("unknown_voice")
+    assert " 1     1    1 |" in capsys.readouterr().out
