@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
@@ -70,25 +70,31 @@ def summarize(values: list[float]) -> dict[str, float]:
     return out
 
 
+class Playback(NamedTuple):
+    underruns: int  # frames that arrived after they should have started playing
+    stall_s: float  # total time playback waited for them
+    at_s: list[float]  # audio position (s of audio played before) of each underrun
+
+
 def simulate_playback(
     arrivals_s: list[float], durations_s: list[float], prebuffer_s: float = 0.0
-) -> tuple[int, float]:
-    """Play frames in order starting ``prebuffer_s`` after the first arrives; returns
-    ``(underruns, stall_s)``: how many frames arrived after they should have started playing,
-    and the total time playback waited for them."""
+) -> Playback:
+    """Play frames back to back, starting ``prebuffer_s`` after the first one arrives; a frame
+    that is not there when it is due stalls playback until it arrives."""
     if len(arrivals_s) != len(durations_s):
         raise ValueError("arrivals and durations must have the same length")
     if not arrivals_s:
-        return 0, 0.0
+        return Playback(0, 0.0, [])
     clock = arrivals_s[0] + prebuffer_s  # when the next frame is due to start playing
-    underruns, stall = 0, 0.0
+    stall, position, at = 0.0, 0.0, []
     for arrival, duration in zip(arrivals_s, durations_s, strict=True):
         if arrival > clock + 1e-9:  # 1 ns: only float rounding of the running clock is forgiven
-            underruns += 1
+            at.append(position)
             stall += arrival - clock
             clock = arrival
         clock += duration
-    return underruns, stall
+        position += duration
+    return Playback(len(at), stall, at)
 
 
 def split_tokens(text: str) -> list[str]:
@@ -117,6 +123,7 @@ class ClientResult:
     frames: int = 0
     underruns: int = 0
     stall_ms: float = 0.0
+    underrun_at_ms: list[float] = field(default_factory=list)  # audio positions, first 20
     wall_ms: float = 0.0
     error: str | None = None
 
@@ -194,8 +201,9 @@ async def run_client(
         decoder = OpusFrameDecoder(24000)
         durations = [decoder.decode(p).shape[0] / 24000 for p in packets]
         res.decoded_ms = sum(durations) * 1000.0
-        underruns, stall = simulate_playback(arrivals, durations, prebuffer_ms / 1000.0)
-        res.underruns, res.stall_ms = underruns, stall * 1000.0
+        played = simulate_playback(arrivals, durations, prebuffer_ms / 1000.0)
+        res.underruns, res.stall_ms = played.underruns, played.stall_s * 1000.0
+        res.underrun_at_ms = [round(t * 1000.0, 1) for t in played.at_s[:20]]
     return res
 
 

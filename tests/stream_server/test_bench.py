@@ -53,30 +53,32 @@ FRAME = 0.02
 
 def test_playback_burst_and_realtime_arrivals_never_underrun() -> None:
     burst = [0.5 + 0.0001 * i for i in range(50)]  # all frames at once (faster than real time)
-    assert simulate_playback(burst, [FRAME] * 50) == (0, 0.0)
+    assert simulate_playback(burst, [FRAME] * 50) == (0, 0.0, [])
     realtime = [1.0 + FRAME * i for i in range(50)]  # exactly on time
-    assert simulate_playback(realtime, [FRAME] * 50) == (0, 0.0)
+    assert simulate_playback(realtime, [FRAME] * 50) == (0, 0.0, [])
 
 
 def test_playback_gap_is_one_underrun_with_its_stall() -> None:
     arrivals = [FRAME * i for i in range(10)]
     arrivals[5:] = [a + 0.05 for a in arrivals[5:]]  # frame 5 and after arrive 50 ms late
-    underruns, stall = simulate_playback(arrivals, [FRAME] * 10)
+    underruns, stall, at = simulate_playback(arrivals, [FRAME] * 10)
     assert underruns == 1
     assert stall == pytest.approx(0.05)
+    assert at == [pytest.approx(0.1)]  # after 5 frames of audio
 
 
 def test_playback_slower_than_realtime_underruns_every_frame() -> None:
     arrivals = [0.025 * i for i in range(11)]  # 20 ms of audio every 25 ms
-    underruns, stall = simulate_playback(arrivals, [FRAME] * 11)
+    underruns, stall, at = simulate_playback(arrivals, [FRAME] * 11)
     assert underruns == 10
     assert stall == pytest.approx(10 * 0.005)
+    assert len(at) == 10
 
 
 def test_playback_prebuffer_absorbs_jitter() -> None:
     arrivals = [0.0, 0.02, 0.055, 0.06, 0.08]  # frame 2 is 15 ms late
     assert simulate_playback(arrivals, [FRAME] * 5)[0] == 1
-    assert simulate_playback(arrivals, [FRAME] * 5, prebuffer_s=0.02) == (0, 0.0)
+    assert simulate_playback(arrivals, [FRAME] * 5, prebuffer_s=0.02) == (0, 0.0, [])
     with pytest.raises(ValueError):
         simulate_playback([0.0], [])
 
