@@ -17,7 +17,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from engine.base import Engine
 from stream_server.config import AppConfig
-from stream_server.errors import ProtocolError, SessionLimitError
+from stream_server.errors import CLOSE_INTERNAL_ERROR, ProtocolError, SessionLimitError
 from stream_server.metrics import ServerMetrics
 from stream_server.protocol import ProtocolLimits, encode_server_message, parse_client_message
 from stream_server.scheduler import Scheduler, SegmentFailed, WorkerEvent
@@ -39,6 +39,7 @@ log = logging.getLogger("stream_server")
 # engine chunk (up to ~1 s for F5, a whole segment at worst) can land on top of the limit.
 _OUTBOX_SLACK_S = 30.0
 _SHUTDOWN_GRACE_S = 2.0
+_YIELD_EVERY_FRAMES = 4
 
 
 class OutboxFull(Exception):
@@ -66,6 +67,12 @@ class Outbox:
         if len(self._items) >= self.capacity:
             raise OutboxFull(f"outbox over {self.capacity} items")
         self._items.append(item)
+        self._ready.set()
+
+    def force_close(self, code: int, reason: str) -> None:
+        """Drop everything queued and close next (outbox overflow: a bug, never a client's fault)."""
+        self._items.clear()
+        self._items.append(_CloseMarker(code, reason))
         self._ready.set()
 
     def drop_audio(self) -> None:
@@ -235,10 +242,9 @@ class Connection:
                     self.outbox.put(_CloseMarker(action.code, action.reason))
         except OutboxFull:
             log.exception("session %s: outbox overflow", self.session.session_id)
-            self.outbox.drop_audio()
             self.session.phase = Phase.CLOSED
-            self.outbox._items.append(_CloseMarker(1011, "internal_error"))  # always room after drop
-            self.outbox._ready.set()
+            self.scheduler.cancel(self.channel)
+            self.outbox.force_close(CLOSE_INTERNAL_ERROR, "internal_error")
 
     def _submit(self, action: Submit) -> None:
         try:
@@ -289,6 +295,7 @@ class Connection:
 
     async def _writer(self) -> None:
         session = self.session
+        sent = 0
         while True:
             item = await self.outbox.get()
             if isinstance(item, _CloseMarker):
@@ -304,6 +311,11 @@ class Connection:
                     now = time.monotonic()
                     session.on_audio_written(item, now)
                     self.scheduler.note_written(self.channel, item.audio_s)
+                    sent += 1
+                    if sent % _YIELD_EVERY_FRAMES == 0:
+                        # a send that does not block never suspends: without this, one session's
+                        # burst of frames would hold the loop while others wait for first audio
+                        await asyncio.sleep(0)
                 else:
                     msg = payload() if callable(payload) else payload
                     await self.ws.send_text(encode_server_message(msg))

@@ -3,10 +3,10 @@ the encoders, scheduling all sessions' segments earliest-deadline-first at chunk
 
 The event loop submits ``SynthRequest``s (``submit``, never blocks: a full queue raises ``busy``);
 the worker advances one chunk of one job at a time and hands results back with
-``loop.call_soon_threadsafe(channel.sink, event)``. Deadlines: a session still waiting for the first
-audio of its current stretch of speech has deadline = the arrival time of that text; a session that
-is playing has deadline = playback start + seconds of audio produced so far (the moment the client
-would run dry). A session more than ``max_ahead_s`` ahead of its socket writer is parked until the
+``loop.call_soon_threadsafe``. Deadlines: a session still waiting for the first audio of its current
+stretch of speech (or for its first ``STARTUP_CUSHION_S``) has deadline = the arrival time of that
+text; a session that is playing has deadline = playback start + seconds of audio produced so far
+(the moment the client would run dry). A session more than ``max_ahead_s`` ahead of its socket writer is parked until the
 writer catches up (``note_written``). Within a session jobs run in order, one at a time, so segment
 k+1 is synthesized while k streams. ``cancel`` drops a session's queued jobs and stops the in-flight
 one at its next chunk (its generator is closed on the worker thread).
@@ -35,6 +35,10 @@ from stream_server.errors import SessionLimitError
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.5  # the worker re-checks its state at least this often (shutdown, parking)
+# A session keeps its arrival time as deadline until this much audio is made: a client that starts
+# playing on the first frame then has a cushion while the worker serves the other new sessions
+# (with 60 ms first chunks, 16 simultaneous starts would otherwise run the first ones dry).
+STARTUP_CUSHION_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Channel:
     closed: bool = False
 
     def deadline(self) -> float:
-        if self.clock_start is None:
+        if self.clock_start is None or self.produced_s < STARTUP_CUSHION_S:
             return self.arrival_s
         return self.clock_start + self.produced_s
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -224,3 +225,17 @@ async def test_shutdown_tells_open_sessions_and_closes_1001() -> None:
 
 async def _read_all(ws: Any) -> list[dict[str, Any]]:
     return [json.loads(raw) async for raw in ws if isinstance(raw, str)]
+
+
+async def test_stopping_the_server_leaves_no_worker_thread_or_session() -> None:
+    engine = SineBurstEngine()
+    config = make_config()
+    app = create_app(config, engine)
+    before = set(threading.enumerate())
+    with serve_app(app, config) as url:
+        await collect(ws_url(url), [{"type": "text", "text": TEXT}, {"type": "end"}])
+        started = set(threading.enumerate()) - before
+    hub = app.state.hub
+    assert not hub.connections and hub.scheduler.job_count() == 0 and hub.scheduler.channel_count() == 0
+    assert {t.name for t in started} >= {"engine-worker", "test-uvicorn"}
+    assert not any(t.is_alive() for t in started)
