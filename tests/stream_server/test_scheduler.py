@@ -201,3 +201,12 @@ def test_parked_and_empty_channels_are_skipped() -> None:
     later = _channel("later", arrival=50.0)
     assert pick_next([parked, empty, later], max_ahead_s=4.0).channel is later  # type: ignore[union-attr]
 
+
+
+def test_a_new_session_keeps_its_arrival_deadline_until_it_has_a_startup_cushion() -> None:
+    from stream_server.scheduler import STARTUP_CUSHION_S
+
+    fresh = _channel("fresh", arrival=5.0, clock_start=5.01, produced=STARTUP_CUSHION_S / 2)
+    assert fresh.deadline() == 5.0
+    cushioned = _channel("cushioned", arrival=5.0, clock_start=5.01, produced=STARTUP_CUSHION_S)
+    assert cushioned.deadline() == pytest.approx(5.01 + STARTUP_CUSHION_S)
