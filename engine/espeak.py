@@ -39,6 +39,10 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000  # return errors instead of calling exit()
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
+# callback buffer length: every callback re-takes the GIL, which can cost up to the interpreter's
+# switch interval (5 ms) while the event loop thread is busy, so few large buffers beat many
+# small ones (eSpeak's default is 60 ms, i.e. ~17 callbacks per second of speech)
+_BUFFER_MS = 2000
 _END_PAUSE = 0x1000  # espeakENDPAUSE: end the text with the pause its final punctuation implies
 _PARAM_RATE = 1
 _EE_OK = 0
@@ -134,7 +138,7 @@ def _load_locked() -> ctypes.CDLL:
     ]
     lib.espeak_Synth.restype = ctypes.c_int
     rate = lib.espeak_Initialize(
-        _AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(data_path), _INITIALIZE_DONT_EXIT
+        _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, os.fsencode(data_path), _INITIALIZE_DONT_EXIT
     )
     if rate != ESPEAK_RATE_HZ:
         raise EngineError(
