@@ -221,3 +221,16 @@ def test_make_encoder_and_protocol() -> None:
     assert rate_err.value.code == "unsupported_sample_rate"
     with pytest.raises(ValueError, match="11025"):
         make_encoder("pcm_s16le", 11025, audio)
+
+
+def test_opus_packets_equal_opuslibs_own_encoder() -> None:
+    """The direct (GIL-holding) libopus call produces exactly what opuslib's wrapper does."""
+    import opuslib
+
+    x = speech_like(SR // 2)
+    ours = OpusFrameEncoder(bitrate=24000, complexity=5)
+    ref = opuslib.Encoder(SR, 1, "audio")
+    ref.bitrate = 24000
+    ref.complexity = 5
+    expected = [ref.encode_float(x[i : i + 480].tobytes(), 480) for i in range(0, SR // 2, 480)]
+    assert ours.encode(x) == expected
