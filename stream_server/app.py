@@ -48,7 +48,7 @@ def _web_demo_dir() -> Path:
     return Path(str(importlib.resources.files("web_demo")))
 
 
-def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: str = "given") -> FastAPI:
+def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: str = "passed to create_app") -> FastAPI:
     """Build the app. ``engine`` None: ``engine.factory.create_engine(config.engine)`` at start-up.
 
     ``/healthz`` answers 503 until the engine's warm-up (run on the worker thread) is done.
@@ -148,7 +148,7 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
             return
         await Connection(hub, websocket, uuid.uuid4().hex[:12]).run()
 
-    _include_optional_routers(app, hub)
+    _include_routers(app, hub)
 
     web_dir = _web_demo_dir()
 
@@ -163,8 +163,8 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
     return app
 
 
-def _include_optional_routers(app: FastAPI, hub: Hub) -> None:
-    """The voice upload and overlay routers (built by other modules of this package)."""
+def _include_routers(app: FastAPI, hub: Hub) -> None:
+    """The voice upload router (F5 voice store; 409 for engines without one) and the overlay router."""
     from stream_server.overlay import create_overlay_router
     from stream_server.voice_routes import create_voice_router
 
