@@ -222,3 +222,41 @@ def test_duration_buckets_are_few_and_increasing() -> None:
     assert buckets == sorted(set(buckets)) and buckets[-1] == 4096
     assert len(buckets) <= 32
     assert all(b2 <= b1 * 1.1 + 32 for b1, b2 in zip(buckets, buckets[1:], strict=False))
+
+
+def test_last_mel_matches_the_reference_pipeline(engine: F5Engine, files: tuple[ResolvedWeights, Path]) -> None:
+    """--mel-out parity: same weights, voice, text, seed -> the reference's generated mel.
+
+    Replays infer_batch_process's steps with the reference: ref_text + gen_text through its
+    frontend, its duration rule, CFM.sample (NFE 7, CFG 2, sway -1, EPSS), then the slice at
+    ref_audio_len = samples // 256.
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # x_transformers uses the deprecated torch.jit.script
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from tests.f5_fixtures import reference_cfm, reference_dit
+        from tests.f5_oracle import reference_module
+
+        utils = reference_module("model.utils")
+        dit = reference_dit(small_config(text_num_embeds=2545))
+    weights, _ = files
+    from engine.f5.loader import load_f5_state_dict
+
+    dit.load_state_dict(load_f5_state_dict(weights.checkpoint), strict=True)
+    cfm = reference_cfm(dit)
+    cfm.vocab_char_map = engine.frontend.vocab
+
+    text = "Hello world, a small test."
+    list(engine.synthesize(text, "alice", SynthOptions(seed=21)))
+    voice = engine._reference("alice").voice
+    audio = torch.from_numpy(np.array(voice.audio)).unsqueeze(0)
+    ref_len = audio.shape[-1] // 256
+    duration = ref_len + int(ref_len / len(voice.text.encode()) * len(text.encode()))
+    tokens = utils.convert_char_to_pinyin([voice.text + text])
+    with torch.inference_mode():
+        out, _ = cfm.sample(cond=audio, text=tokens, duration=duration, steps=7, cfg_strength=2.0,
+                            sway_sampling_coef=-1.0, seed=21)
+    expected = out.float()[0, ref_len:, :].numpy()
+    assert engine.last_mel is not None and engine.last_mel.shape == expected.shape
+    assert np.abs(engine.last_mel - expected).max() <= 1e-3
