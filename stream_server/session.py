@@ -52,7 +52,6 @@ from stream_server.protocol import (
 )
 from stream_server.scheduler import (
     SegmentAudio,
-    SegmentFailed,
     SegmentFinished,
     SynthRequest,
     WorkerEvent,
@@ -246,8 +245,10 @@ class Session:
 
     def on_error(self, exc: StreamError | EngineError) -> list[Action]:
         """An error to report to the client; protocol abuse counts towards the close limit."""
-        code = exc.code
-        message = exc.message if isinstance(exc, StreamError) else (str(exc) or code)
+        message = exc.message if isinstance(exc, StreamError) else (str(exc) or exc.code)
+        return self._report(exc.code, message)
+
+    def _report(self, code: str, message: str) -> list[Action]:
         self.metrics.observe_error(code)
         kind = error_kind(code)
         if kind.protocol_abuse:
@@ -302,7 +303,7 @@ class Session:
             done = SegmentDone(req.index, event.audio_s * 1000.0, event.synth_s * 1000.0, rtf)
             actions = [Send(OutItem(self.generation, done))]
         else:
-            actions = self.on_error(_EventError(event))
+            actions = self._report(event.code, event.message)
         return actions + self._pump() + self._finish_turns()
 
     def on_audio_written(self, item: OutItem, now: float) -> None:
@@ -438,12 +439,3 @@ class Session:
 
         return [Send(OutItem(None, render)), Close(CLOSE_NORMAL, "done", drain=True)]
 
-
-class _EventError(StreamError):
-    """A ``SegmentFailed`` event as an error (its code may be an engine code)."""
-
-    def __init__(self, event: SegmentFailed) -> None:
-        Exception.__init__(self, event.message)
-        self.code = event.code
-        self.message = event.message
-        self.detail = ""
