@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -98,3 +99,13 @@ async def test_idle_session_is_closed_after_the_idle_timeout() -> None:
             got = await collect(ws_url(base), [{"type": "start"}])
     assert [m["type"] for m in got.messages] == ["ready", "error"]
     assert errors(got.messages) == ["idle_timeout"] and got.close_code == 1000
+
+
+async def test_errors_are_counted_by_code_in_metrics() -> None:
+    with running_server(make_config(), SineBurstEngine()) as base:
+        await collect(ws_url(base), ["{", {"type": "nope"}, {"type": "end"}])
+        async with httpx.AsyncClient(base_url=base) as client:
+            text = (await client.get("/metrics")).text
+    assert 'stream_tts_errors_total{code="invalid_json"} 1.0' in text
+    assert 'stream_tts_errors_total{code="unknown_type"} 1.0' in text
+    assert "stream_tts_active_sessions 0.0" in text and "stream_tts_sessions_total 1.0" in text
