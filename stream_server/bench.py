@@ -5,8 +5,9 @@ or token by token at an LLM-like rate), sends ``end``, receives Opus frames unti
 close, then decodes them and simulates playback. Per level it reports, with p50/p90/p95/p99:
 
 - client TTFA: first text sent -> first audio frame received;
-- sentence TTFA: the moment the client's text completes the first sentence (the same chunker as
-  the server decides, or ``end`` when no sentence completes earlier) -> first audio frame;
+- sentence TTFA: the moment the client's text completes the first segment (as decided by the
+  chunker with the default ``ChunkerConfig``, the server's default; or ``end`` when no segment
+  completes earlier) -> first audio frame;
 - server TTFA (``done.ttfa_ms``), utterance and segment RTF (``done`` / ``segment_done``);
 - playback underruns: playback starts when the first frame arrives and plays frames back to back;
   a frame that arrives after the moment it should start playing is an underrun (playback stalls
@@ -199,7 +200,11 @@ async def run_client(
         res.client_ttfa_ms = (arrivals[0] - t_first_text) * 1000.0
         res.sentence_ttfa_ms = (arrivals[0] - t_sentence) * 1000.0
         decoder = OpusFrameDecoder(24000)
-        durations = [decoder.decode(p).shape[0] / 24000 for p in packets]
+        try:
+            durations = [decoder.decode(p).shape[0] / 24000 for p in packets]
+        except ValueError as exc:  # a corrupt packet: report it, measure nothing more
+            res.error = res.error or f"undecodable audio frame: {exc}"
+            return res
         res.decoded_ms = sum(durations) * 1000.0
         played = simulate_playback(arrivals, durations, prebuffer_ms / 1000.0)
         res.underruns, res.stall_ms = played.underruns, played.stall_s * 1000.0
