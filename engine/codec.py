@@ -356,7 +356,7 @@ def make_encoder(
             frame_ms=audio.frame_ms,
             in_rate=in_rate,
             # not an AudioConfig field (yet): picked up if the config gains one
-            complexity=getattr(audio, "opus_complexity", DEFAULT_OPUS_COMPLEXITY),
+            complexity=audio.opus_complexity,
         )
     if fmt == "pcm_s16le":
         return PcmEncoder(in_rate=in_rate, out_rate=out_rate, chunk_ms=audio.frame_ms)
