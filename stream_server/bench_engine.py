@@ -272,13 +272,18 @@ def run(args: argparse.Namespace) -> int:
     ours: list[dict[str, float]] = []
     refs: list[dict[str, float]] = []
     for i in range(args.runs):
-        # interleaved, so background load affects both sides alike
+        # interleaved, and the order flipped every run, so background load and warm caches
+        # affect both sides alike
+        if reference is not None and i % 2 == 1:
+            refs.append(reference.run(segments, voice, args.seed, args.nfe))
         ours.append(_run_ours(engine, segments, voice, args.seed, args.nfe))
+        if reference is not None and i % 2 == 0:
+            refs.append(reference.run(segments, voice, args.seed, args.nfe))
         line = f"run {i + 1}: ours {ours[-1]['total_s']:.3f} s (RTF {ours[-1]['rtf']:.3f}, " \
                f"TTFA {ours[-1]['ttfa_s'] * 1000:.0f} ms)"
-        if reference is not None:
-            refs.append(reference.run(segments, voice, args.seed, args.nfe))
-            line += f"; reference {refs[-1]['total_s']:.3f} s"
+        if refs:
+            line += f"; reference {refs[-1]['total_s']:.3f} s " \
+                    f"(ratio {ours[-1]['total_s'] / refs[-1]['total_s']:.3f})"
         print(line, flush=True)
 
     summary: dict[str, Any] = {
