@@ -260,3 +260,25 @@ def test_last_mel_matches_the_reference_pipeline(engine: F5Engine, files: tuple[
     expected = out.float()[0, ref_len:, :].numpy()
     assert engine.last_mel is not None and engine.last_mel.shape == expected.shape
     assert np.abs(engine.last_mel - expected).max() <= 1e-3
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_engine_does_not_recompile_after_warmup(
+    files: tuple[ResolvedWeights, Path],
+) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from torch._dynamo.utils import counters
+
+    weights, voices = files
+    cfg = EngineConfig(engine="f5", device="cuda:0", dtype="fp16", compile=True, voices_dir=str(voices))
+    eng = F5Engine(cfg, model_config=small_config(text_num_embeds=2545), weights=weights)
+    assert eng.compiled and eng.model.dtype == torch.float16
+    eng.buckets = eng.buckets[:4]  # the short test texts fit in the smallest buckets
+    assert eng.warmup() > 0
+    counters.clear()
+    for seed in (0, 1):
+        chunks = list(eng.synthesize(TEXT, "alice", SynthOptions(seed=seed)))
+        assert sum(c.size for c in chunks) > 0 and np.isfinite(np.concatenate(chunks)).all()
+    assert counters["stats"]["unique_graphs"] == 0  # every shape was compiled during warm-up
+    assert eng.last_stats is not None and eng.last_stats.total_frames in eng.buckets
