@@ -119,12 +119,15 @@ def build_model(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    fuse_qkv: bool | None = None,
 ) -> DiT:
     """Build an inference-ready DiT: strict load, q/k/v fused, cast, on ``device``, eval mode.
 
     ``state_dict`` None builds random weights from ``seed`` (for ``--random-weights`` benchmarks)
     without touching the global RNG. Casting to ``dtype`` leaves the RoPE ``inv_freq`` and the
     text encoder (run once per sample) in fp32; every per-step matmul runs in ``dtype``.
+    ``fuse_qkv`` None = fuse the q/k/v projections into one matmul on accelerators only (on CPU
+    three matmuls measured ~10 % faster than the fused one: the 3x wider output leaves the cache).
     """
     if state_dict is None:
         with torch.random.fork_rng(devices=[]):
@@ -138,7 +141,8 @@ def build_model(
         model.load_state_dict(
             {k: v.float() for k, v in state_dict.items()}, strict=True, assign=True
         )
-    model.fuse_qkv()
+    if fuse_qkv if fuse_qkv is not None else torch.device(device).type != "cpu":
+        model.fuse_qkv()
     model.to(device=device)
     for name, child in model.named_children():
         if name not in _FP32_CHILDREN:

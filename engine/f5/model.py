@@ -120,7 +120,9 @@ class ConvPositionEmbedding(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv1d(x.transpose(1, 2)).transpose(1, 2)
+        # contiguous (b, n, d): otherwise the channel-major layout propagates through every
+        # residual add of the blocks (measured ~5x slower adds on CPU)
+        return self.conv1d(x.transpose(1, 2)).transpose(1, 2).contiguous()
 
 
 class InputEmbedding(nn.Module):

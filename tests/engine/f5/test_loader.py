@@ -42,9 +42,7 @@ def full_size_state() -> dict[str, torch.Tensor]:
 
 def _check_full_size(model: torch.nn.Module) -> None:
     assert torch.equal(model.proj_out.bias, torch.arange(100, dtype=torch.float32))
-    qkv = model.transformer_blocks[21].attn.qkv
-    assert qkv.weight.shape == (3 * 1024, 1024)
-    assert torch.all(qkv.weight[2048:] == 0.25)
+    assert torch.all(model.transformer_blocks[21].attn.to_v.weight == 0.25)
 
 
 def test_full_size_v1_safetensors_loads_strictly(full_size_state, tmp_path: Path) -> None:
@@ -53,6 +51,9 @@ def test_full_size_v1_safetensors_loads_strictly(full_size_state, tmp_path: Path
     assert len(state) == 364
     model = build_model(V1, state)
     _check_full_size(model)
+    fused = build_model(V1, state, fuse_qkv=True)  # the accelerator layout
+    qkv = fused.transformer_blocks[21].attn.qkv
+    assert qkv.weight.shape == (3 * 1024, 1024) and torch.all(qkv.weight[2048:] == 0.25)
     n = sum(p.numel() for p in model.parameters())
     assert n == 337_096_804
 
@@ -160,7 +161,7 @@ def test_random_weights_are_seeded_and_leave_the_global_rng() -> None:
 def test_low_precision_cast_keeps_rope_and_text_encoder_fp32(small_ref) -> None:
     model = build_model(small_config("v0"), _state(small_ref), dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
-    assert model.transformer_blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert model.transformer_blocks[0].attn.to_q.weight.dtype == torch.bfloat16
     assert model.rotary_embed.inv_freq.dtype == torch.float32
     assert model.text_embed.text_embed.weight.dtype == torch.float32
     # text encoder weights are the checkpoint's fp32 values, not a bf16 round trip

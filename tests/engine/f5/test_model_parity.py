@@ -46,11 +46,19 @@ def test_unknown_model_name_is_rejected() -> None:
         F5ModelConfig.named("F5TTS_v2_Huge")
 
 
-@pytest.fixture(scope="module", params=["v1", "v0"])
+@pytest.fixture(
+    scope="module",
+    params=[("v1", False), ("v1", True), ("v0", False), ("v0", True)],
+    ids=["v1", "v1-fused", "v0", "v0-fused"],
+)
 def pair(request: pytest.FixtureRequest) -> tuple[torch.nn.Module, DiT]:
-    cfg = small_config(request.param)
+    # q/k/v fused is the accelerator layout, separate the CPU one: both must match
+    version, fused = request.param
+    cfg = small_config(version)
     ref = reference_dit(cfg, seed=7)
-    return ref, build_model(cfg, ref.state_dict())
+    model = build_model(cfg, ref.state_dict(), fuse_qkv=fused)
+    assert (model.transformer_blocks[0].attn.qkv is not None) == fused
+    return ref, model
 
 
 def _inputs(b: int, n: int, nt: int, n_ref: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -105,7 +113,7 @@ def test_fused_qkv_gives_the_same_output() -> None:
     ref = reference_dit(cfg, seed=2)
     unfused = DiT(cfg)
     unfused.load_state_dict(ref.state_dict(), strict=True)
-    fused = build_model(cfg, ref.state_dict())
+    fused = build_model(cfg, ref.state_dict(), fuse_qkv=True)
     assert fused.transformer_blocks[0].attn.qkv is not None
     assert unfused.transformer_blocks[0].attn.qkv is None
     x, cond, text = _inputs(1, 30, 20, n_ref=10, seed=1)
