@@ -302,10 +302,13 @@ def run(args: argparse.Namespace) -> int:
         summary["reference"] = r
         summary["ratio_total"] = o["total_s"] / r["total_s"]
         summary["ratio_backbone"] = o["backbone_s"] / r["backbone_s"]
+        # best of runs: on a shared machine background load only ever adds time
+        summary["ratio_total_min"] = min(x["total_s"] for x in ours) / min(x["total_s"] for x in refs)
         print(f"reference median: frontend {r['frontend_s'] * 1000:.1f} ms | backbone "
               f"{r['backbone_s']:.3f} s | vocoder {r['vocoder_s']:.3f} s | total {r['total_s']:.3f} s")
         print(f"speed ratio ours/reference: total {summary['ratio_total']:.3f}, "
-              f"backbone {summary['ratio_backbone']:.3f} (<= 1.0 means ours is not slower)")
+              f"backbone {summary['ratio_backbone']:.3f}; best-of-runs {summary['ratio_total_min']:.3f} "
+              "(<= 1.0 means ours is not slower)")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     tmp.cleanup()
