@@ -5,6 +5,8 @@ All tests carry the ``gpu`` marker and skip without CUDA.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -51,7 +53,7 @@ def test_low_precision_sample_stays_close_to_fp32(reference, dtype: torch.dtype)
 
 
 def test_fp32_cuda_sample_equals_the_reference(reference) -> None:
-    cfm = reference_cfm(reference).to(CUDA)
+    cfm = reference_cfm(copy.deepcopy(reference)).to(CUDA)  # the shared fixture stays on CPU
     cond, text = _prompt()
     with torch.inference_mode():
         want, _ = cfm.sample(cond=cond.to(CUDA), text=text.to(CUDA), duration=200, steps=7,
