@@ -12,8 +12,10 @@ import importlib.util
 import os
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any
 
+import jieba
 import pytest
 
 
@@ -33,3 +35,21 @@ def reference_module(name: str) -> Any:
     """Import ``f5_tts.<name>`` (e.g. "model.backbones.dit", "model.cfm", "model.utils")."""
     _install_lean_model_package()
     return importlib.import_module(f"f5_tts.{name}")
+
+
+def reference_infer(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``f5_tts.infer.utils_infer`` with jieba segmentation and its unused heavy imports (pydub,
+    transformers, the CFM class) stubbed out. Use in a fixture: ``yield from reference_infer(mp)``;
+    the stub-bound copy is dropped from ``sys.modules`` afterwards."""
+    ref_utils = reference_module("model.utils")
+    monkeypatch.setattr(ref_utils, "rjieba", types.SimpleNamespace(cut=jieba.cut))
+    for name, attrs in {"pydub": ("AudioSegment", "silence"), "transformers": ("pipeline",)}.items():
+        if importlib.util.find_spec(name) is None:
+            stub = types.ModuleType(name)
+            for attr in attrs:
+                setattr(stub, attr, None)
+            monkeypatch.setitem(sys.modules, name, stub)
+    monkeypatch.setattr(sys.modules["f5_tts.model"], "CFM", object, raising=False)
+    monkeypatch.delitem(sys.modules, "f5_tts.infer.utils_infer", raising=False)
+    yield importlib.import_module("f5_tts.infer.utils_infer")
+    sys.modules.pop("f5_tts.infer.utils_infer", None)

@@ -147,6 +147,17 @@ class Collected:
     events: list[tuple[str, Any]]  # ("json", msg) / ("audio", bytes), interleaved in arrival order
     close_code: int | None
 
+    def assert_segment_order(self) -> None:
+        """Each segment's ``segment`` message precedes its audio; its ``segment_done`` follows it."""
+        current = None
+        for kind, value in self.events:
+            if kind == "audio":
+                assert current is not None, "audio before any segment message"
+            elif value["type"] == "segment":
+                current = value["index"]
+            elif value["type"] == "segment_done":
+                assert value["index"] == current
+
 
 async def collect(url: str, messages: list[dict[str, Any] | str | bytes], *,
                   until_close: bool = True, timeout_s: float = 30.0) -> Collected:

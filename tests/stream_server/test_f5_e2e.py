@@ -55,14 +55,7 @@ def test_streams_opus_from_f5(f5_server: tuple[str, F5Engine]) -> None:
     assert ready["engine"] == "f5" and ready["voice"] == "alice"
 
     # message order: each segment's `segment` comes before its audio and `segment_done` after it
-    current = None
-    for kind, value in got.events:
-        if kind == "audio":
-            assert current is not None, "audio before any segment message"
-        elif value["type"] == "segment":
-            current = value["index"]
-        elif value["type"] == "segment_done":
-            assert value["index"] == current
+    got.assert_segment_order()
     segments = [m for m in got.messages if m["type"] == "segment"]
     assert len(segments) == 2
 

@@ -55,14 +55,7 @@ async def test_message_order_audio_duration_and_normal_close(server: tuple[str, 
     assert got.close_code == 1000
     assert got.messages[0]["type"] == "ready" and got.messages[-1]["type"] == "done"
     # every segment's `segment` precedes its audio, `segment_done` follows it
-    current = None
-    for kind, value in got.events:
-        if kind == "audio":
-            assert current is not None, "audio before any segment message"
-        elif value["type"] == "segment":
-            current = value["index"]
-        elif value["type"] == "segment_done":
-            assert value["index"] == current
+    got.assert_segment_order()
     segs = [m for m in got.messages if m["type"] == "segment"]
     dones = [m for m in got.messages if m["type"] == "segment_done"]
     assert [m["index"] for m in segs] == [m["index"] for m in dones] == list(range(len(segs)))

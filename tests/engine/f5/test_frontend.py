@@ -7,6 +7,7 @@ import importlib.util
 import subprocess
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from engine.f5.frontend import (
     text_to_pinyin_tokens,
     utf8_len,
 )
-from tests.f5_oracle import reference_module
+from tests.f5_oracle import reference_infer, reference_module
 
 SENTENCES = [
     # English: numbers, punctuation, quotes, semicolons, apostrophes, spacing
@@ -187,25 +188,9 @@ class _SilentVocoder:
 
 
 @pytest.fixture
-def ref_infer(ref_utils: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+def ref_infer(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``f5_tts.infer.utils_infer`` imported with its unused heavy imports stubbed out."""
-    monkeypatch.setattr(ref_utils, "rjieba", types.SimpleNamespace(cut=jieba.cut))
-    for name, attrs in {
-        "pydub": ("AudioSegment", "silence"),
-        "transformers": ("pipeline",),
-    }.items():
-        if importlib.util.find_spec(name) is None:
-            stub = types.ModuleType(name)
-            for attr in attrs:
-                setattr(stub, attr, None)
-            monkeypatch.setitem(sys.modules, name, stub)
-    monkeypatch.setattr(sys.modules["f5_tts.model"], "CFM", object, raising=False)
-    monkeypatch.delitem(sys.modules, "f5_tts.infer.utils_infer", raising=False)
-    module = importlib.import_module("f5_tts.infer.utils_infer")
-    yield module
-    # Do not leave a copy bound to the stubs for anyone else.
-    sys.modules.pop("f5_tts.infer.utils_infer", None)
-
+    yield from reference_infer(monkeypatch)
 
 @pytest.mark.parametrize(
     ("step3_text", "raw_text", "gen_text", "speed", "n_samples"),

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import io
 import os
-import sys
-import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jieba
 import numpy as np
 import pytest
 import soundfile as sf
@@ -28,7 +24,7 @@ from engine.f5.voices import (
     prepare_reference_audio,
     trim_silence,
 )
-from tests.f5_oracle import reference_module
+from tests.f5_oracle import reference_infer
 
 SR = 16000
 
@@ -131,24 +127,9 @@ class _SilentVocoder:
 
 
 @pytest.fixture
-def ref_infer(monkeypatch: pytest.MonkeyPatch) -> Any:
+def ref_infer(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``f5_tts.infer.utils_infer`` imported with its unused heavy imports stubbed out."""
-    ref_utils = reference_module("model.utils")
-    monkeypatch.setattr(ref_utils, "rjieba", types.SimpleNamespace(cut=jieba.cut))
-    for name, attrs in {
-        "pydub": ("AudioSegment", "silence"),
-        "transformers": ("pipeline",),
-    }.items():
-        if importlib.util.find_spec(name) is None:
-            stub = types.ModuleType(name)
-            for attr in attrs:
-                setattr(stub, attr, None)
-            monkeypatch.setitem(sys.modules, name, stub)
-    monkeypatch.setattr(sys.modules["f5_tts.model"], "CFM", object, raising=False)
-    monkeypatch.delitem(sys.modules, "f5_tts.infer.utils_infer", raising=False)
-    yield importlib.import_module("f5_tts.infer.utils_infer")
-    sys.modules.pop("f5_tts.infer.utils_infer", None)
-
+    yield from reference_infer(monkeypatch)
 
 @pytest.mark.parametrize(("sr", "amp"), [(16000, 0.05), (44100, 0.02), (24000, 0.5)])
 def test_mono_rms_and_resampling_equal_the_reference(ref_infer: Any, sr: int, amp: float) -> None:
