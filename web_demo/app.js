@@ -36,7 +36,7 @@ const state = {
 };
 
 const player = new StreamPlayer({
-  cushionMs: 80,
+  cushionMs: 150,
   onStats: () => {
     render();
     checkFinished();

@@ -31,7 +31,7 @@ let current = null; // {item, session, doneReceived}
 let format = "opus";
 
 const player = new StreamPlayer({
-  cushionMs: 100,
+  cushionMs: 150,
   onStats: () => checkFinished(),
   onSegment: (segment) => {
     if (!segment || !current) return;

@@ -10,7 +10,7 @@ const REPORT_EVERY_BLOCKS = 8; // 8 x 128 frames = 21 ms at 48 kHz
 class RingPlayerProcessor extends AudioWorkletProcessor {
   constructor(options) {
     super();
-    const cushionMs = options?.processorOptions?.cushionMs ?? 80;
+    const cushionMs = options?.processorOptions?.cushionMs ?? 150;
     this.ring = new PlaybackRing(sampleRate, cushionMs);
     this.blocks = 0;
     this.epoch = 0; // echoed in reports so the page can ignore reports from before a reset

@@ -79,7 +79,7 @@ export class StreamPlayer {
    *   segment changes; onError(message).
    */
   constructor(opts = {}) {
-    this.cushionMs = opts.cushionMs ?? 80;
+    this.cushionMs = opts.cushionMs ?? 150;
     this.onStats = opts.onStats ?? (() => {});
     this.onSegment = opts.onSegment ?? (() => {});
     this.onError = opts.onError ?? (() => {});

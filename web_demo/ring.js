@@ -13,7 +13,7 @@ export class PlaybackRing {
    * @param {number} cushionMs audio buffered before playback (re)starts
    * @param {number} maxSeconds bound on buffered audio; beyond it new samples are dropped (counted)
    */
-  constructor(sampleRate, cushionMs = 80, maxSeconds = 600) {
+  constructor(sampleRate, cushionMs = 150, maxSeconds = 600) {
     this.sampleRate = sampleRate;
     this.cushion = Math.round((sampleRate * cushionMs) / 1000);
     this.maxSamples = Math.round(sampleRate * maxSeconds);
