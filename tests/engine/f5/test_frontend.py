@@ -24,7 +24,7 @@ from engine.f5.frontend import (
     text_to_pinyin_tokens,
     utf8_len,
 )
-from tests.f5_oracle import reference_infer, reference_module
+from tests.f5_oracle import SilentVocoder, reference_infer, reference_module
 
 SENTENCES = [
     # English: numbers, punctuation, quotes, semicolons, apostrophes, spacing
@@ -182,15 +182,11 @@ class _RecordingModel:
         return torch.zeros(1, duration, 100), None
 
 
-class _SilentVocoder:
-    def decode(self, mel: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(1, mel.shape[-1] * 256)
-
-
 @pytest.fixture
 def ref_infer(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``f5_tts.infer.utils_infer`` imported with its unused heavy imports stubbed out."""
     yield from reference_infer(monkeypatch)
+
 
 @pytest.mark.parametrize(
     ("step3_text", "raw_text", "gen_text", "speed", "n_samples"),
@@ -222,7 +218,7 @@ def test_duration_rule_equals_the_reference(
     audio = torch.full((1, n_samples), 0.2)
     out = list(
         ref_infer.infer_batch_process(
-            (audio, 24000), step3_text, [gen_text], model, _SilentVocoder(),
+            (audio, 24000), step3_text, [gen_text], model, SilentVocoder(),
             progress=None, device="cpu", speed=speed,
         )
     )  # fmt: skip

@@ -9,18 +9,7 @@ import pytest
 import torch
 
 from engine.f5.vocoder import ChunkedVocoder
-
-VOCOS_CONFIG = """\
-feature_extractor:
-  class_path: vocos.feature_extractors.MelSpectrogramFeatures
-  init_args: {sample_rate: 24000, n_fft: 1024, hop_length: 256, n_mels: 100, padding: center}
-backbone:
-  class_path: vocos.models.VocosBackbone
-  init_args: {input_channels: 100, dim: 512, intermediate_dim: 1536, num_layers: 8}
-head:
-  class_path: vocos.heads.ISTFTHead
-  init_args: {dim: 512, n_fft: 1024, hop_length: 256, padding: center}
-"""
+from tests.f5_fixtures import VOCOS_CONFIG_YAML
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +18,7 @@ def vocos(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
     from vocos import Vocos
 
     path: Path = tmp_path_factory.mktemp("vocos") / "config.yaml"
-    path.write_text(VOCOS_CONFIG)
+    path.write_text(VOCOS_CONFIG_YAML)
     torch.manual_seed(0)
     model = Vocos.from_hparams(str(path)).eval()
     with torch.no_grad():

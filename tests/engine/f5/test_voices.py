@@ -24,7 +24,7 @@ from engine.f5.voices import (
     prepare_reference_audio,
     trim_silence,
 )
-from tests.f5_oracle import reference_infer
+from tests.f5_oracle import SilentVocoder, reference_infer
 
 SR = 16000
 
@@ -121,15 +121,11 @@ class _RecordingModel:
         return torch.zeros(1, duration, 100), None
 
 
-class _SilentVocoder:
-    def decode(self, mel: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(1, mel.shape[-1] * 256)
-
-
 @pytest.fixture
 def ref_infer(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``f5_tts.infer.utils_infer`` imported with its unused heavy imports stubbed out."""
     yield from reference_infer(monkeypatch)
+
 
 @pytest.mark.parametrize(("sr", "amp"), [(16000, 0.05), (44100, 0.02), (24000, 0.5)])
 def test_mono_rms_and_resampling_equal_the_reference(ref_infer: Any, sr: int, amp: float) -> None:
@@ -142,7 +138,7 @@ def test_mono_rms_and_resampling_equal_the_reference(ref_infer: Any, sr: int, am
     list(
         ref_infer.infer_batch_process(
             (torch.from_numpy(padded), sr), "Reference text.  ", ["Some generated text."],
-            model, _SilentVocoder(), progress=None, device="cpu",
+            model, SilentVocoder(), progress=None, device="cpu",
         )
     )  # fmt: skip
     assert model.cond is not None
