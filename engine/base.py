@@ -95,10 +95,15 @@ class Engine(Protocol):
         """The voices this engine can speak with."""
         ...
 
-    def synthesize(self, text: str, voice: str, options: SynthOptions) -> Iterator[np.ndarray]:
+    def synthesize(
+        self, text: str, voice: str, options: SynthOptions, *, fast_start: bool = False
+    ) -> Iterator[np.ndarray]:
         """Synthesize one segment of text.
 
         Yields float32 mono chunks (shape (n,), at ``sample_rate``) in order as they become ready.
+        ``fast_start``: a listener is waiting with nothing to play (the first segment of a turn),
+        so the first chunk should come as early as possible, even at some cost in prosody or
+        efficiency; otherwise the segment is made ahead of playback. Engines may ignore it.
         The caller may stop iterating (and ``close()`` the generator) at any chunk boundary to
         cancel; engines must release per-request state in a ``finally``.
         Raises ``UnknownVoiceError`` / ``InvalidOptionError`` before yielding anything.

@@ -15,7 +15,7 @@ class EngineConfig:
     engine: Literal["auto", "espeak", "f5"] = "auto"
     device: str = "auto"  # "auto" = cuda:0 when available, else cpu
     # --- eSpeak NG ---
-    espeak_default_voice: str = "en-us"
+    espeak_default_voice: str = "auto"  # by script; or an eSpeak voice name
     # --- F5-TTS ---
     model: Literal["F5TTS_v1_Base", "F5TTS_Base"] = "F5TTS_v1_Base"
     checkpoint: str = ""  # path to model_*.safetensors / .pt; "" = resolve (HF cache, ...)

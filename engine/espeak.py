@@ -5,20 +5,22 @@ The library comes from ``espeakng_loader`` and is driven through ctypes in synch
 library is process-global (one voice, one rate, one callback), so one module-level lock serializes
 every call into it, and it is initialised once per process.
 
-eSpeak is fast (about 2-4 ms of CPU per second of speech on this 2-core machine) but cannot yield
-mid-call, so a segment is synthesized clause by clause: eSpeak builds intonation per clause anyway,
-and with ``espeakENDPAUSE`` each clause ends with the pause eSpeak would put there inside the whole
-text, so the result matches a one-call rendering (same pauses, length within a few ms). Each clause
-is resampled to 24 kHz by one streaming resampler (no seams) and yielded in ``chunk_ms`` pieces:
-the first chunk costs only the first clause, the engine thread is never held for a whole long
-segment, and a cancelled segment costs no further work.
+eSpeak is fast (about 1 ms of CPU per second of speech on this 2-core machine, twice that under
+load) but cannot yield mid-call, so a segment is synthesized piece by piece (``engine.espeak_text``:
+clauses, long clauses cut at words, the first piece about 1 s): the first chunk costs only the first
+piece, and the engine thread is never held for a whole long segment. With ``espeakENDPAUSE`` each
+clause ends with the pause eSpeak would put there inside the whole text. All pieces go through one
+streaming resampler to 24 kHz (no seams) and are yielded in ``chunk_ms`` pieces; a cancelled
+segment costs no further work.
+
+The ``auto`` voice (the default) reads each segment with the voice of its script: Mandarin for
+Chinese characters, Japanese for kana, Korean for Hangul, else American English.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ import numpy as np
 from engine.base import EngineError, SynthOptions, UnknownVoiceError, VoiceInfo
 from engine.codec import StreamingResampler
 from engine.config import EngineConfig
+from engine.espeak_text import FIRST_PIECE_S, PIECE_S, plan_pieces, script_voice, warm_up
 
 ESPEAK_RATE_HZ = 22050  # eSpeak NG's fixed output rate
 OUTPUT_RATE_HZ = 24000
@@ -50,10 +53,6 @@ _EE_NOT_FOUND = 2
 
 _TRIM_THRESHOLD = 0.003  # about -50 dBFS: what counts as sound when trimming edge silence
 _TRIM_MARGIN_S = 0.010  # silence kept before the first and after the last sound
-_MIN_CLAUSE_CHARS = 24  # shorter clauses are merged with the next (fewer calls, same speech)
-# a clause ends after , ; : ! ? followed by a space, or after CJK punctuation. Not after ".":
-# "Dr. Smith" or "3 p.m. on" must not get a sentence pause; the chunker already cuts sentences.
-_CLAUSE_END = re.compile(r"(?<=[,;:!?])\s+|(?<=[，。！？；：、])\s*")
 
 
 @dataclass(frozen=True)
@@ -66,6 +65,8 @@ class _Voice:
 
 # Curated, not the whole eSpeak list (hundreds, mostly variants): the common languages, each checked
 # against the installed data at start-up so only voices that load are listed.
+AUTO_VOICE = "auto"
+_AUTO_DESCRIPTION = "by script: Mandarin, Japanese, Korean, else American English"
 _CURATED = (
     _Voice("en-us", "en-us", "en-US", "English (America)"),
     _Voice("en-gb", "en", "en-GB", "English (Great Britain)"),
@@ -149,31 +150,6 @@ def _load_locked() -> ctypes.CDLL:
     return lib
 
 
-def split_clauses(text: str, min_chars: int = _MIN_CLAUSE_CHARS) -> list[str]:
-    """Cut ``text`` after clause punctuation into pieces of at least ``min_chars`` UTF-8 bytes (the
-    last may be shorter). The pieces joined (with a space after Latin punctuation) give back the
-    text up to whitespace."""
-    pieces: list[str] = []
-    current = ""
-    for part in _CLAUSE_END.split(text):
-        if not part:
-            continue
-        current = f"{current} {part}" if current and not _is_cjk_end(current) else current + part
-        if len(current.encode("utf-8")) >= min_chars:  # UTF-8 bytes: a CJK character counts 3
-            pieces.append(current)
-            current = ""
-    if current:
-        if pieces and len(current.encode("utf-8")) < min_chars // 2:
-            pieces[-1] += ("" if _is_cjk_end(pieces[-1]) else " ") + current
-        else:
-            pieces.append(current)
-    return pieces
-
-
-def _is_cjk_end(text: str) -> bool:
-    return bool(text) and text[-1] in "，。！？；：、"
-
-
 def _synth_locked(
     lib: ctypes.CDLL, text: str, espeak_voice: str, wpm: int, end_pause: bool = False
 ) -> np.ndarray:
@@ -246,6 +222,8 @@ class EspeakEngine:
             ]
             _loaded_voice = None  # the probing above changed it
         self._voices = {v.name: v for v in available}
+        if "en-us" in self._voices:
+            self._voices[AUTO_VOICE] = _Voice(AUTO_VOICE, "", "mul", _AUTO_DESCRIPTION)
         self.default_voice = cfg.espeak_default_voice.strip().lower()
         if self.default_voice not in self._voices:
             raise UnknownVoiceError(
@@ -254,11 +232,15 @@ class EspeakEngine:
             )
 
     def voices(self) -> list[VoiceInfo]:
-        """The curated voices present in the installed eSpeak data (en-us and cmn at least)."""
+        """``auto`` and the curated voices present in the installed eSpeak data (en-us and cmn at
+        least)."""
         return [VoiceInfo(v.name, v.language, v.description) for v in self._voices.values()]
 
-    def synthesize(self, text: str, voice: str, options: SynthOptions) -> Iterator[np.ndarray]:
+    def synthesize(
+        self, text: str, voice: str, options: SynthOptions, *, fast_start: bool = False
+    ) -> Iterator[np.ndarray]:
         """Synthesize one segment; yields float32 ``(n,)`` chunks at 24 kHz in playback order.
+        ``fast_start`` makes the first eSpeak call about 1 s of speech (``espeak_text``).
 
         Validates eagerly: ``UnknownVoiceError`` / ``InvalidOptionError`` are raised by this call,
         before a generator exists. ``options.speed`` scales eSpeak's rate (175 wpm at 1.0); other
@@ -276,18 +258,22 @@ class EspeakEngine:
         # NUL would end eSpeak's C string early; other control characters read as spaces
         clean = "".join(ch if ch.isprintable() else " " for ch in text).strip()
         wpm = round(DEFAULT_WPM * options.speed)
-        return self._chunks(clean, spec.espeak_name, wpm)
+        if spec.name == AUTO_VOICE:
+            spec = self._voices.get(script_voice(clean), self._voices["en-us"])
+        return self._chunks(clean, spec.espeak_name, wpm, fast_start)
 
-    def _chunks(self, text: str, espeak_voice: str, wpm: int) -> Iterator[np.ndarray]:
-        """Clause by clause at 22050 Hz (segment edges trimmed), resampled chunk by chunk."""
-        clauses = split_clauses(text)
+    def _chunks(
+        self, text: str, espeak_voice: str, wpm: int, fast_start: bool
+    ) -> Iterator[np.ndarray]:
+        """Piece by piece at 22050 Hz (segment edges trimmed), resampled chunk by chunk."""
+        pieces = plan_pieces(text, FIRST_PIECE_S if fast_start else PIECE_S, PIECE_S)
         resampler = StreamingResampler(ESPEAK_RATE_HZ, OUTPUT_RATE_HZ)
         started = False  # leading silence is trimmed until the first sound
         step = self.chunk_samples_in
-        for k, clause in enumerate(clauses):
-            last = k == len(clauses) - 1
+        for k, piece in enumerate(pieces):
+            last = k == len(pieces) - 1
             with _LOCK:
-                pcm16 = _synth_locked(_load_locked(), clause, espeak_voice, wpm, end_pause=not last)
+                pcm16 = _synth_locked(_load_locked(), piece.text, espeak_voice, wpm, piece.end_pause)
             x = _trim_edges(pcm16.astype(np.float32) / 32768.0, ESPEAK_RATE_HZ, not started, last)
             started = started or x.shape[0] > 0
             for start in range(0, x.shape[0], step):
@@ -302,6 +288,7 @@ class EspeakEngine:
     def warmup(self) -> float:
         """Synthesize a short phrase per listed voice family (loads dictionaries); returns seconds."""
         t0 = time.perf_counter()
+        warm_up()
         opts = SynthOptions()
         for voice in {self.default_voice, "en-us", "cmn"} & set(self._voices):
             text = "你好。" if voice == "cmn" else "Hello."

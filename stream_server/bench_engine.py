@@ -211,7 +211,7 @@ def _run_ours(engine: Any, segments: list[str], voice: str, seed: int, nfe: int)
     t0 = time.perf_counter()
     for i, text in enumerate(segments):
         options = SynthOptions(seed=seed, nfe=nfe if engine.name == "f5" else None)
-        for chunk in engine.synthesize(text, voice, options):
+        for chunk in engine.synthesize(text, voice, options, fast_start=i == 0):
             if i == 0 and ttfa_s != ttfa_s:  # NaN check: first chunk of the first segment
                 ttfa_s = time.perf_counter() - t0
             audio_s += chunk.size / engine.sample_rate

@@ -301,11 +301,15 @@ class Scheduler:
         """One engine chunk through the audio post and the encoder: (packets, segment finished)."""
         req = job.request
         if job.gen is None:
+            with self._cond:  # nothing of this session is playing: its listener waits for this
+                fast_start = job.channel.clock_start is None
             job.encoder = make_encoder(req.format, req.sample_rate, self.audio, self.engine.sample_rate)
             job.shaper = SegmentShaper(
                 self.engine.sample_rate, self.audio.fade_in_ms, self.audio.fade_out_ms, self.audio.pause_ms
             )
-            job.gen = iter(self.engine.synthesize(req.text, req.voice, req.options))
+            job.gen = iter(
+                self.engine.synthesize(req.text, req.voice, req.options, fast_start=fast_start)
+            )
         assert job.shaper is not None
         try:
             chunk = next(job.gen)

@@ -52,6 +52,7 @@ class SineBurstEngine:
         self.delay_s = delay_s
         self.warmup_s = warmup_s
         self.calls: list[tuple[str, str]] = []
+        self.fast_starts: list[bool] = []  # the fast_start hint of each call
         self.closed: list[str] = []  # texts whose generator was closed before the end
 
     def voices(self) -> list[VoiceInfo]:
@@ -60,11 +61,14 @@ class SineBurstEngine:
     def samples_for(self, text: str, speed: float = 1.0) -> int:
         return round(len(text) * self.ms_per_char / 1000.0 / speed * self.sample_rate)
 
-    def synthesize(self, text: str, voice: str, options: SynthOptions) -> Iterator[np.ndarray]:
+    def synthesize(
+        self, text: str, voice: str, options: SynthOptions, *, fast_start: bool = False
+    ) -> Iterator[np.ndarray]:
         if voice not in self.FREQS:
             raise UnknownVoiceError(f"unknown voice {voice!r}")
         options.validate()
         self.calls.append((text, voice))
+        self.fast_starts.append(fast_start)
         n = self.samples_for(text, options.speed)
         t = np.arange(n, dtype=np.float64) / self.sample_rate
         audio = (0.5 * np.sin(2 * np.pi * self.FREQS[voice] * t)).astype(np.float32)

@@ -176,8 +176,12 @@ class F5Engine:
         ]
         return infos
 
-    def synthesize(self, text: str, voice: str, options: SynthOptions) -> Iterator[np.ndarray]:
+    def synthesize(
+        self, text: str, voice: str, options: SynthOptions, *, fast_start: bool = False
+    ) -> Iterator[np.ndarray]:
         """Synthesize one segment; yields float32 (n,) chunks at 24 kHz in playback order.
+        ``fast_start`` is ignored: the first vocoder chunk is always small (the whole mel exists by
+        then, so that costs only one more small vocoder call).
 
         Raises UnknownVoiceError / InvalidOptionError right away (before the iterator exists).
         """

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine import espeak
+from engine import espeak, espeak_text
 from engine.base import Engine, InvalidOptionError, SynthOptions, UnknownVoiceError
 from engine.config import EngineConfig
 from engine.espeak import EspeakEngine
@@ -43,12 +43,12 @@ def assert_same_speech(a: np.ndarray, b: np.ndarray) -> None:
 def test_implements_engine_protocol(engine: EspeakEngine) -> None:
     assert isinstance(engine, Engine)
     assert (engine.name, engine.sample_rate, engine.device) == ("espeak", 24000, "cpu")
-    assert engine.default_voice == "en-us"
+    assert engine.default_voice == "auto"
 
 
 def test_voices_include_english_and_mandarin(engine: EspeakEngine) -> None:
     voices = {v.name: v for v in engine.voices()}
-    assert {"en-us", "cmn"} <= set(voices)
+    assert {"auto", "en-us", "cmn"} <= set(voices)
     assert voices["cmn"].language.startswith("zh")
     assert all(v.description for v in voices.values())
     # every listed voice really loads and speaks
@@ -90,46 +90,17 @@ def test_chunks_join_without_seams(engine: EspeakEngine, monkeypatch: pytest.Mon
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, atol=1e-5)
     # three clauses: the first trimmed at its start, the last at its end; then 22050 -> 24000 Hz
-    assert len(espeak.split_clauses(CLAUSES)) == 3
+    assert len(espeak_text.split_clauses(CLAUSES)) == 3
     x = raw.astype(np.float32) / 32768.0
     n_in = espeak._trim_edges(x, 22050, True, False).shape[0] + x.shape[0]
     n_in += espeak._trim_edges(x, 22050, False, True).shape[0]
     assert a.shape[0] == -(-n_in * 160 // 147)
 
 
-@pytest.mark.parametrize(
-    ("text", "pieces"),
-    [
-        ("Hi.", ["Hi."]),
-        ("Yes, I think, maybe.", ["Yes, I think, maybe."]),  # short clauses merge
-        (
-            "The weather tomorrow looks mostly sunny, with a light breeze from the west.",
-            ["The weather tomorrow looks mostly sunny,", "with a light breeze from the west."],
-        ),
-        # no cut at "." (abbreviations) or inside numbers
-        (
-            "Dr. Smith paid $1,000.50 for it; e.g. the blue one.",
-            ["Dr. Smith paid $1,000.50 for it;", "e.g. the blue one."],
-        ),
-        (
-            "你好，欢迎使用流式语音合成服务器。今天天气很好。",
-            ["你好，欢迎使用流式语音合成服务器。", "今天天气很好。"],
-        ),
-        (
-            "新版 App 支持 dark mode 和离线下载，你可以打开 auto update 功能。",
-            ["新版 App 支持 dark mode 和离线下载，", "你可以打开 auto update 功能。"],
-        ),
-        ("Okay, and then a tail", ["Okay, and then a tail"]),
-    ],
-)
-def test_split_clauses(text: str, pieces: list[str]) -> None:
-    assert espeak.split_clauses(text) == pieces
-
-
 @pytest.mark.parametrize(("text", "voice"), [(CLAUSES, "en-us"), (ZH, "cmn")])
 def test_clause_by_clause_matches_one_call(engine: EspeakEngine, text: str, voice: str) -> None:
     """Split synthesis keeps eSpeak's own pauses: same duration as one call within 10 ms."""
-    assert len(espeak.split_clauses(text)) >= 2
+    assert len(espeak_text.split_clauses(text)) >= 2
     split = sum(c.shape[0] for c in synth(engine, text, voice)) / 24000
     with espeak._LOCK:
         raw = espeak._synth_locked(espeak._load_locked(), text, voice, 175)
@@ -137,21 +108,66 @@ def test_clause_by_clause_matches_one_call(engine: EspeakEngine, text: str, voic
     assert split == pytest.approx(whole, abs=0.010)
 
 
+def spy_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, bool]]:
+    """Record (text, eSpeak voice, end pause) of every eSpeak call."""
+    calls: list[tuple[str, str, bool]] = []
+    real = espeak._synth_locked
+
+    def spy(lib: object, text: str, voice: str, wpm: int, end_pause: bool = False) -> np.ndarray:
+        calls.append((text, voice, end_pause))
+        return real(lib, text, voice, wpm, end_pause)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(espeak, "_synth_locked", spy)
+    return calls
+
+
 def test_first_chunk_needs_only_the_first_clause(
     engine: EspeakEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[str] = []
-    real = espeak._synth_locked
-
-    def spy(lib: object, text: str, *args: object, **kwargs: object) -> np.ndarray:
-        calls.append(text)
-        return real(lib, text, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(espeak, "_synth_locked", spy)
+    calls = spy_calls(monkeypatch)
     gen = engine.synthesize(CLAUSES, "en-us", SynthOptions())
     next(gen)
-    assert calls == ["The weather tomorrow looks mostly sunny,"]
+    assert calls == [("The weather tomorrow looks mostly sunny,", "en-us", True)]
     gen.close()
+
+
+def test_fast_start_first_call_is_about_one_second_of_speech(
+    engine: EspeakEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = spy_calls(monkeypatch)
+    gen = engine.synthesize(CLAUSES, "en-us", SynthOptions(), fast_start=True)
+    first = next(gen)
+    # cut inside the first clause, with a comma for "more to come" intonation and no pause
+    assert calls == [("The weather tomorrow,", "en-us", False)]
+    assert first.shape[0] > 0
+    rest = list(gen)
+    texts = [c[0] for c in calls]
+    assert texts[1] == "looks mostly sunny,"
+    # the same words in the same order as without the fast start
+    assert " ".join(texts).replace("tomorrow,", "tomorrow") == CLAUSES
+    audio_s = sum(c.shape[0] for c in [first, *rest]) / 24000
+    plain_s = sum(c.shape[0] for c in synth(engine, CLAUSES, "en-us")) / 24000
+    assert audio_s == pytest.approx(plain_s, abs=0.15)
+
+
+@pytest.mark.parametrize(
+    ("text", "espeak_voice"),
+    [(EN, "en-us"), (ZH, "cmn"), ("こんにちは、元気ですか。", "ja"), ("안녕하세요.", "ko"),
+     ("Please say 你好 to everyone.", "cmn")],
+)
+def test_auto_voice_reads_each_segment_with_the_voice_of_its_script(
+    engine: EspeakEngine, monkeypatch: pytest.MonkeyPatch, text: str, espeak_voice: str
+) -> None:
+    calls = spy_calls(monkeypatch)
+    audio = synth(engine, text, "auto")
+    assert audio and {voice for _, voice, _ in calls} == {espeak_voice}
+
+
+def test_auto_voice_speaks_chinese_like_the_mandarin_voice(engine: EspeakEngine) -> None:
+    auto = np.concatenate(synth(engine, ZH, "auto"))
+    assert_same_speech(auto, np.concatenate(synth(engine, ZH, "cmn")))
+    english = np.concatenate(synth(engine, ZH, "en-us"))  # reads "Chinese letter ..." per character
+    assert english.shape[0] > 1.5 * auto.shape[0]
 
 
 def test_speed_option_shortens_audio(engine: EspeakEngine) -> None:

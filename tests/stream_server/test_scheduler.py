@@ -111,7 +111,9 @@ async def test_cancel_stops_in_flight_work_at_the_next_chunk_and_drops_queued_jo
 
 async def test_engine_error_fails_one_job_and_the_worker_keeps_going() -> None:
     class Flaky(SineBurstEngine):
-        def synthesize(self, text: str, voice: str, options: SynthOptions) -> Iterator[np.ndarray]:
+        def synthesize(
+            self, text: str, voice: str, options: SynthOptions, *, fast_start: bool = False
+        ) -> Iterator[np.ndarray]:
             if text == "bad":
                 raise EngineError("cannot say that")
             if text == "crash":
@@ -210,3 +212,23 @@ def test_a_new_session_keeps_its_arrival_deadline_until_it_has_a_startup_cushion
     assert fresh.deadline() == 5.0
     cushioned = _channel("cushioned", arrival=5.0, clock_start=5.01, produced=STARTUP_CUSHION_S)
     assert cushioned.deadline() == pytest.approx(5.01 + STARTUP_CUSHION_S)
+
+
+async def test_fast_start_only_when_nothing_of_the_session_is_playing() -> None:
+    engine = SineBurstEngine()
+    sched = await started(engine)
+    sink = Sink()
+    ch = sched.open_channel("s", sink)
+    sched.submit(ch, request("a" * 30, 0), arrival_s=0.0)
+    sched.submit(ch, request("b" * 30, 1), arrival_s=0.0)
+    await sink.wait_for(lambda ev: finished(ev) == [0, 1])
+    # the whole stretch is written and played: the next text starts a new stretch
+    for event in sink.events:
+        if isinstance(event, SegmentAudio):
+            sched.note_written(ch, event.audio_s)
+    await asyncio.sleep(1.0)  # 2 x (0.3 s + pause): the client has played it all by now
+    sched.submit(ch, request("c" * 30, 2), arrival_s=0.0)
+    await sink.wait_for(lambda ev: finished(ev) == [0, 1, 2])
+    await asyncio.to_thread(sched.stop)
+    # segment 0: the listener waits; segment 1: made while 0 plays; segment 2: waits again
+    assert engine.fast_starts == [True, False, True]

@@ -51,7 +51,7 @@ async def test_espeak_voices_are_listed(url: str) -> None:
     async with httpx.AsyncClient(base_url=url) as client:
         body = (await client.get("/v1/voices")).json()
     names = {v["name"] for v in body["voices"]}
-    assert body["engine"] == "espeak" and {"en-us", "cmn"} <= names and body["default"] == "en-us"
+    assert body["engine"] == "espeak" and {"auto", "en-us", "cmn"} <= names and body["default"] == "auto"
 
 
 async def test_two_espeak_sessions_in_parallel_each_get_their_own_audio(url: str) -> None:

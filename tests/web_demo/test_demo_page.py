@@ -49,7 +49,7 @@ def test_page_loads_and_lists_voices(page: Page, server_url: str, page_errors: P
     open_demo(page, server_url)
     voices = page.eval_on_selector_all("#voice option", "opts => opts.map(o => o.value)")
     assert "en-us" in voices and "cmn" in voices
-    assert page.input_value("#voice") == "en-us"  # the server's default voice is preselected
+    assert page.input_value("#voice") == "auto"  # the server's default voice is preselected
     assert page.is_hidden("#nfe-field")  # eSpeak has no NFE option
     assert page.is_hidden("#notice")  # WebCodecs works on 127.0.0.1: no fallback notice
     assert "espeak" in page.inner_text("#engine-pill")
