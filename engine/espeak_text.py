@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 
 import jieba
 
@@ -110,7 +111,7 @@ def _cut_points(clause: str) -> list[int]:
     or a word in ``_NO_CUT_AFTER``."""
     points: list[int] = []
     words = list(_WORD.finditer(clause))
-    for prev, word in zip(words, words[1:]):
+    for prev, word in pairwise(words):
         last = prev.group().strip("\"'()[]").lower()
         if not last or last[-1] == "." or any(c.isdigit() for c in last):
             continue
