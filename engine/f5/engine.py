@@ -36,9 +36,10 @@ from engine.f5.config import HOP_LENGTH, SAMPLE_RATE, F5ModelConfig
 from engine.f5.frontend import TextFrontend, estimate_frames, fix_reference_text
 from engine.f5.loader import build_model, load_f5_state_dict, load_vocab, load_vocos
 from engine.f5.mel import LogMelSpectrogram
+from engine.f5.reference_audio import prepare_reference_audio
 from engine.f5.sampler import EPSS_TABLES, FlowSampler, SamplerSettings, min_total_frames
 from engine.f5.vocoder import ChunkedVocoder, random_vocos
-from engine.f5.voices import PreparedVoice, VoiceStore, prepare_reference_audio
+from engine.f5.voices import PreparedVoice, VoiceStore
 from engine.f5.weights import ResolvedWeights, resolve_weights
 
 log = logging.getLogger(__name__)

@@ -14,15 +14,13 @@ import soundfile as sf
 import torch
 
 from engine.base import EngineError, UnknownVoiceError
+from engine.f5.reference_audio import clip_at_silence, prepare_reference_audio, trim_silence
 from engine.f5.voices import (
     PreparedVoice,
     VoiceError,
     VoiceExistsError,
     VoiceStore,
     VoiceTooLargeError,
-    clip_at_silence,
-    prepare_reference_audio,
-    trim_silence,
 )
 from tests.f5_oracle import SilentVocoder, reference_infer
 
@@ -288,3 +286,33 @@ def test_broken_folder_voices_raise_voice_errors(tmp_path: Path) -> None:
 
 def test_missing_folder_lists_no_voices(tmp_path: Path) -> None:
     assert VoiceStore(tmp_path / "absent").names() == []
+
+
+def test_names_are_read_again_only_when_the_folder_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def put(name: str) -> None:
+        sf.write(tmp_path / f"{name}.wav", speech_clip(), SR)
+        (tmp_path / f"{name}.txt").write_text("Text.", encoding="utf-8")
+
+    def age_folder() -> None:  # as if the last change was a minute ago
+        old = tmp_path.stat().st_mtime_ns - 60_000_000_000
+        os.utime(tmp_path, ns=(old, old))
+
+    scans: list[str] = []
+    real_glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: scans.append(pattern) or real_glob(self, pattern))
+    store = VoiceStore(tmp_path)
+    put("ann")
+    assert store.names() == ["ann"]
+    assert store.names() == ["ann"] and len(scans) == 2  # changed just now: read every time
+    age_folder()
+    scans.clear()
+    assert store.names() == ["ann"] and store.names() == ["ann"]
+    assert len(scans) == 1  # settled: one read, then one stat per call
+    put("bob")  # a file added by hand changes the folder's time
+    assert store.names() == ["ann", "bob"]
+    age_folder()
+    assert store.names() == ["ann", "bob"]
+    store.remove("bob")
+    assert store.names() == ["ann"]
