@@ -16,22 +16,13 @@ from dataclasses import dataclass
 from fastapi import WebSocket, WebSocketDisconnect
 
 from engine.base import Engine
+from stream_server.actions import Action, CancelJobs, Close, OutItem, Send, Submit
 from stream_server.config import AppConfig
 from stream_server.errors import CLOSE_INTERNAL_ERROR, ProtocolError, SessionLimitError
 from stream_server.metrics import ServerMetrics
 from stream_server.protocol import ProtocolLimits, encode_server_message, parse_client_message
 from stream_server.scheduler import Scheduler, SegmentFailed, WorkerEvent
-from stream_server.session import (
-    Action,
-    CancelJobs,
-    Close,
-    EngineInfo,
-    OutItem,
-    Phase,
-    Send,
-    Session,
-    Submit,
-)
+from stream_server.session import EngineInfo, Phase, Session
 
 log = logging.getLogger("stream_server")
 

@@ -7,23 +7,22 @@ messages and audio frames, in order), segments to submit to the scheduler, a can
 Cancel is cheap: ``clear`` bumps ``generation`` and swaps in a fresh ``Utterance``; outbox items and
 worker events of an older generation are dropped by comparing generations.
 
-TTFA: per turn (the text up to a ``flush`` / ``end``), from the arrival of the message that
-completed the turn's first segment (a ``text``, or the ``flush``/``end`` that forced it) to the
-moment the turn's first audio frame is written to the socket. The session's TTFA is that of its
-first turn with audio. RTF = synthesis wall time / audio duration.
+Actions are defined in ``stream_server.actions``; turns, their TTFA and what a ``clear`` discards in
+``stream_server.turns``. The session's TTFA is that of its first turn with audio; RTF = synthesis
+wall time / audio duration.
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from chunker import Segment, SentenceChunker
 from engine.base import EngineError, SynthOptions
+from stream_server.actions import Action, CancelJobs, Close, OutItem, Send, Submit
 from stream_server.config import AppConfig
 from stream_server.errors import (
     CLOSE_NORMAL,
@@ -57,6 +56,7 @@ from stream_server.scheduler import (
     WorkerEvent,
     packet_seconds,
 )
+from stream_server.turns import Turn, Utterance
 
 # Segments handed to the scheduler at once: k (streaming) and k+1 (synthesized meanwhile).
 SUBMIT_AHEAD = 2
@@ -88,86 +88,6 @@ class _NoMetrics:
 
     def observe_error(self, code: str) -> None:
         pass
-
-
-# --------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True)
-class OutItem:
-    """One outbox entry. ``payload``: a message, audio bytes, or a callable rendering the message
-    when it is written (so stats include every frame before it). ``generation`` None = never stale.
-    """
-
-    generation: int | None
-    payload: ServerMessage | bytes | Callable[[], ServerMessage]
-    audio_s: float = 0.0
-    turn: Turn | None = None
-
-
-@dataclass(frozen=True)
-class Send:
-    item: OutItem
-
-
-@dataclass(frozen=True)
-class Submit:
-    request: SynthRequest
-    arrival_s: float
-
-
-@dataclass(frozen=True)
-class CancelJobs:
-    pass
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the socket. ``drain``: after everything queued is written; else drop queued audio."""
-
-    code: int
-    reason: str = ""
-    drain: bool = True
-
-
-Action = Send | Submit | CancelJobs | Close
-
-# --------------------------------------------------------------------------- per-utterance state
-
-
-@dataclass(eq=False)
-class Turn:
-    """Text up to a flush/end, and its stats."""
-
-    start_s: float | None = None  # arrival of the message that completed the first segment
-    first_audio_s: float | None = None  # first frame written
-    segments: int = 0  # emitted by the chunker in this turn
-    finished: int = 0  # finished or failed
-    audio_s: float = 0.0  # written to the socket
-    synth_s: float = 0.0
-    seg_audio_s: float = 0.0  # encoded audio of finished segments
-
-    @property
-    def complete(self) -> bool:
-        return self.finished == self.segments
-
-    def ttfa_ms(self) -> float | None:
-        if self.start_s is None or self.first_audio_s is None:
-            return None
-        return (self.first_audio_s - self.start_s) * 1000.0
-
-
-@dataclass(eq=False)
-class Utterance:
-    """Everything that a ``clear`` throws away, in one object."""
-
-    generation: int
-    turn: Turn = field(default_factory=Turn)
-    closing: deque[Turn] = field(default_factory=deque)  # flushed turns not reported yet, in order
-    backlog: deque[tuple[SynthRequest, float]] = field(default_factory=deque)
-    in_flight: int = 0
-    turn_of: dict[int, Turn] = field(default_factory=dict)  # segment index -> its turn
-    audio_started: set[int] = field(default_factory=set)  # segments whose `segment` was sent
 
 
 class Phase(enum.Enum):

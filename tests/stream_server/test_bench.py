@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 
 from stream_server import bench
-from stream_server.bench import (
+from stream_server.bench import load_texts, split_tokens
+from stream_server.bench_report import (
     ClientResult,
     format_table,
-    load_texts,
     percentile,
     simulate_playback,
-    split_tokens,
     summarize,
     summarize_level,
     write_json,

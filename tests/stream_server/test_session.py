@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from stream_server.actions import Action, CancelJobs, Close, OutItem, Send, Submit
 from stream_server.config import AppConfig, ServerConfig
 from stream_server.errors import ProtocolError
 from stream_server.protocol import (
@@ -24,17 +25,7 @@ from stream_server.protocol import (
     Text,
 )
 from stream_server.scheduler import SegmentAudio, SegmentFailed, SegmentFinished, SynthRequest
-from stream_server.session import (
-    Action,
-    CancelJobs,
-    Close,
-    EngineInfo,
-    OutItem,
-    Phase,
-    Send,
-    Session,
-    Submit,
-)
+from stream_server.session import EngineInfo, Phase, Session
 
 INFO = EngineInfo("fake", "cpu", 24000, "a", lambda: {"a", "b"})
 SENTENCES = "The first sentence is long enough to stand alone. The second one follows it here. A third!"
