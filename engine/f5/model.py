@@ -164,8 +164,16 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent pairs (x0, x1) of (B, h, n, dh) by the (n, dh/2) angles, computed in fp32."""
+    """Rotate adjacent pairs (x0, x1) of (B, h, n, dh) by the (n, dh/2) angles, computed in fp32.
+
+    On CPU in eager mode the pairs are multiplied as complex numbers: one pass over ``x`` instead
+    of seven (measured ~3 % of a full-size step); elsewhere the real form, which compilers fuse
+    (inductor generates no code for complex ops). Both give the same values within float rounding.
+    """
     xf = x.float().unflatten(-1, (-1, 2))  # (B, h, n, dh/2, 2)
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        rotated = torch.view_as_complex(xf) * torch.complex(cos, sin)
+        return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
     x0, x1 = xf.unbind(-1)
     out = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1)
     return out.flatten(-2).to(x.dtype)
@@ -232,12 +240,34 @@ class AdaLayerNorm(nn.Module):
         return e.chunk(self.n_chunks, dim=-1)
 
 
+_GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU with the tanh approximation, ``F.gelu(x, approximate="tanh")``.
+
+    On CPU written as ``x * sigmoid(2 * sqrt(2/pi) * (x + 0.044715 x^3))`` (the same function:
+    0.5 (1 + tanh z) = sigmoid(2z)), measured 2.3x faster than ATen's tanh GELU kernel there, and
+    equal to it within 5e-7. Inference only (in-place on its own temporaries).
+    """
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.gelu(x, approximate="tanh")
+    z = x * x
+    z.mul_(0.044715).add_(1.0).mul_(x).mul_(_GELU_K)
+    return z.sigmoid_().mul_(x)
+
+
+class GeluTanh(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return gelu_tanh(x)
+
+
 class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int) -> None:
         super().__init__()
         # ff.0.0 / ff.2 as in the checkpoint; index 1 (dropout) has no parameters
         self.ff = nn.Sequential(
-            nn.Sequential(nn.Linear(dim, dim * mult), nn.GELU(approximate="tanh")),
+            nn.Sequential(nn.Linear(dim, dim * mult), GeluTanh()),
             nn.Identity(),
             nn.Linear(dim * mult, dim),
         )
@@ -259,10 +289,11 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: Tensor, t_emb: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(t_emb)
-        h = _layer_norm(x) * (1 + scale_msa) + shift_msa
-        x = x + gate_msa * self.attn(h, cos, sin)
-        h = _layer_norm(x) * (1 + scale_mlp) + shift_mlp
-        return x + gate_mlp * self.ff(h)
+        # addcmul: modulation and gated residual in one pass each (B, n, dim)
+        h = torch.addcmul(shift_msa, _layer_norm(x), 1 + scale_msa)
+        x = torch.addcmul(x, gate_msa, self.attn(h, cos, sin))
+        h = torch.addcmul(shift_mlp, _layer_norm(x), 1 + scale_mlp)
+        return torch.addcmul(x, gate_mlp, self.ff(h))
 
 
 class DiT(nn.Module):
