@@ -63,10 +63,11 @@ class _Voice:
     description: str
 
 
-# Curated, not the whole eSpeak list (hundreds, mostly variants): the common languages, each checked
-# against the installed data at start-up so only voices that load are listed.
+# The default voice: each segment is read with the voice of its script (espeak_text.script_voice).
 AUTO_VOICE = "auto"
 _AUTO_DESCRIPTION = "by script: Mandarin, Japanese, Korean, else American English"
+# Curated, not the whole eSpeak list (hundreds, mostly variants): the common languages, each checked
+# against the installed data at start-up so only voices that load are listed.
 _CURATED = (
     _Voice("en-us", "en-us", "en-US", "English (America)"),
     _Voice("en-gb", "en", "en-GB", "English (Great Britain)"),
