@@ -16,6 +16,9 @@ class EngineConfig:
     device: str = "auto"  # "auto" = cuda:0 when available, else cpu
     # --- eSpeak NG ---
     espeak_default_voice: str = "auto"  # by script; or an eSpeak voice name
+    # when a listener waits (first segment of a turn) the first eSpeak call speaks about this long
+    # (s, cut at a word); 0 = no early cut (first piece like later ones: up to a clause or ~4 s)
+    espeak_first_piece_s: float = 1.2
     # --- F5-TTS ---
     model: Literal["F5TTS_v1_Base", "F5TTS_Base"] = "F5TTS_v1_Base"
     checkpoint: str = ""  # path to model_*.safetensors / .pt; "" = resolve (HF cache, ...)
@@ -33,6 +36,10 @@ class EngineConfig:
     vocoder_first_chunk_frames: int = 24
     vocoder_chunk_frames: int = 96
     vocoder_context_frames: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.espeak_first_piece_s <= 10.0:
+            raise ValueError(f"espeak_first_piece_s must be 0..10 s, got {self.espeak_first_piece_s}")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 from engine.base import EngineError, SynthOptions, UnknownVoiceError, VoiceInfo
 from engine.codec import StreamingResampler
 from engine.config import EngineConfig
-from engine.espeak_text import FIRST_PIECE_S, PIECE_S, plan_pieces, script_voice, warm_up
+from engine.espeak_text import PIECE_S, plan_pieces, script_voice, warm_up
 
 ESPEAK_RATE_HZ = 22050  # eSpeak NG's fixed output rate
 OUTPUT_RATE_HZ = 24000
@@ -225,6 +225,7 @@ class EspeakEngine:
         self._voices = {v.name: v for v in available}
         if "en-us" in self._voices:
             self._voices[AUTO_VOICE] = _Voice(AUTO_VOICE, "", "mul", _AUTO_DESCRIPTION)
+        self.first_piece_s = cfg.espeak_first_piece_s or PIECE_S
         self.default_voice = cfg.espeak_default_voice.strip().lower()
         if self.default_voice not in self._voices:
             raise UnknownVoiceError(
@@ -241,7 +242,7 @@ class EspeakEngine:
         self, text: str, voice: str, options: SynthOptions, *, fast_start: bool = False
     ) -> Iterator[np.ndarray]:
         """Synthesize one segment; yields float32 ``(n,)`` chunks at 24 kHz in playback order.
-        ``fast_start`` makes the first eSpeak call about 1 s of speech (``espeak_text``).
+        ``fast_start`` makes the first eSpeak call about ``espeak_first_piece_s`` of speech.
 
         Validates eagerly: ``UnknownVoiceError`` / ``InvalidOptionError`` are raised by this call,
         before a generator exists. ``options.speed`` scales eSpeak's rate (175 wpm at 1.0); other
@@ -267,7 +268,7 @@ class EspeakEngine:
         self, text: str, espeak_voice: str, wpm: int, fast_start: bool
     ) -> Iterator[np.ndarray]:
         """Piece by piece at 22050 Hz (segment edges trimmed), resampled chunk by chunk."""
-        pieces = plan_pieces(text, FIRST_PIECE_S if fast_start else PIECE_S, PIECE_S)
+        pieces = plan_pieces(text, self.first_piece_s if fast_start else PIECE_S, PIECE_S)
         resampler = StreamingResampler(ESPEAK_RATE_HZ, OUTPUT_RATE_HZ)
         started = False  # leading silence is trimmed until the first sound
         step = self.chunk_samples_in

@@ -35,8 +35,7 @@ _NARROW_S = 0.046
 _WIDE_S = 0.24
 
 MIN_CLAUSE_CHARS = 24  # shorter clauses are merged with the next (fewer calls, same speech)
-FIRST_PIECE_S = 1.2  # the first piece of a segment speaks for at most about this long
-PIECE_S = 4.0  # later pieces (bounds how long one call holds the engine thread)
+PIECE_S = 4.0  # pieces speak at most about this long (bounds how long one call holds the engine)
 _MIN_TAIL_S = 0.4  # a clause is not cut when the rest would be shorter than this
 
 # a clause ends after , ; : ! ? followed by a space, or after CJK punctuation. Not after ".":
@@ -150,11 +149,11 @@ def _cut_clause(clause: str, first_limit_s: float, limit_s: float) -> list[str]:
     return [p for p in parts if p]
 
 
-def plan_pieces(
-    text: str, first_piece_s: float = FIRST_PIECE_S, piece_s: float = PIECE_S
-) -> list[Piece]:
-    """The eSpeak calls for one segment, in order. Clause ends keep their pause except the last
-    (the segment's own trailing silence is trimmed and replaced by the server's pause)."""
+def plan_pieces(text: str, first_piece_s: float, piece_s: float = PIECE_S) -> list[Piece]:
+    """The eSpeak calls for one segment, in order; the first speaks for at most about
+    ``first_piece_s`` where the words allow (the engine's ``espeak_first_piece_s`` when a listener
+    waits, else ``piece_s``). Clause ends keep their pause except the last (the segment's own
+    trailing silence is trimmed and replaced by the server's pause)."""
     clauses = split_clauses(text)
     pieces: list[Piece] = []
     for k, clause in enumerate(clauses):

@@ -260,3 +260,16 @@ def test_prints_nothing(engine: EspeakEngine, capfd: pytest.CaptureFixture[str])
 def test_warmup_returns_seconds(engine: EspeakEngine) -> None:
     spent = engine.warmup()
     assert 0.0 < spent < 30.0
+
+
+def test_first_piece_length_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = spy_calls(monkeypatch)
+    whole_clause = EspeakEngine(EngineConfig(espeak_first_piece_s=0.0))
+    list(whole_clause.synthesize(CLAUSES, "en-us", SynthOptions(), fast_start=True))
+    assert calls[0] == ("The weather tomorrow looks mostly sunny,", "en-us", True)
+    calls.clear()
+    short = EspeakEngine(EngineConfig(espeak_first_piece_s=0.5))
+    list(short.synthesize(CLAUSES, "en-us", SynthOptions(), fast_start=True))
+    assert calls[0] == ("The weather,", "en-us", False)
+    with pytest.raises(ValueError, match="espeak_first_piece_s"):
+        EngineConfig(espeak_first_piece_s=-1.0)

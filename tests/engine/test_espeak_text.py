@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from engine.config import EngineConfig
 from engine.espeak_text import (
-    FIRST_PIECE_S,
     PIECE_S,
     Piece,
     estimate_s,
@@ -15,6 +15,8 @@ from engine.espeak_text import (
     script_voice,
     split_clauses,
 )
+
+FIRST_PIECE_S = EngineConfig().espeak_first_piece_s
 
 
 @pytest.mark.parametrize(
@@ -72,14 +74,14 @@ def test_short_clauses_are_one_piece_each_with_their_pause() -> None:
 
 
 def test_first_piece_is_short_and_ends_with_a_continuation_comma() -> None:
-    pieces = plan_pieces("The weather tomorrow looks mostly sunny, with a light breeze.")
+    pieces = plan_pieces("The weather tomorrow looks mostly sunny, with a light breeze.", FIRST_PIECE_S)
     assert pieces[0] == Piece("The weather tomorrow,", end_pause=False)
     assert pieces[1] == Piece("looks mostly sunny,", end_pause=True)
     assert estimate_s(pieces[0].text) <= FIRST_PIECE_S
 
 
 def test_chinese_first_piece_is_cut_between_words() -> None:
-    pieces = plan_pieces("流式语音合成可以让语音助手在大模型还没写完回答的时候就开始说话，")
+    pieces = plan_pieces("流式语音合成可以让语音助手在大模型还没写完回答的时候就开始说话，", FIRST_PIECE_S)
     assert pieces[0].text == "流式语音，"
     assert "".join(p.text.rstrip("，") for p in pieces) + "，" == (
         "流式语音合成可以让语音助手在大模型还没写完回答的时候就开始说话，"
