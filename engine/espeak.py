@@ -223,8 +223,9 @@ class EspeakEngine:
             ]
             _loaded_voice = None  # the probing above changed it
         self._voices = {v.name: v for v in available}
-        if "en-us" in self._voices:
-            self._voices[AUTO_VOICE] = _Voice(AUTO_VOICE, "", "mul", _AUTO_DESCRIPTION)
+        if "en-us" in self._voices:  # listed first: it is the default
+            auto = _Voice(AUTO_VOICE, "", "mul", _AUTO_DESCRIPTION)
+            self._voices = {AUTO_VOICE: auto, **self._voices}
         self.first_piece_s = cfg.espeak_first_piece_s or PIECE_S
         self.default_voice = cfg.espeak_default_voice.strip().lower()
         if self.default_voice not in self._voices:

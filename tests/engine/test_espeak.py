@@ -99,13 +99,15 @@ def test_chunks_join_without_seams(engine: EspeakEngine, monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize(("text", "voice"), [(CLAUSES, "en-us"), (ZH, "cmn")])
 def test_clause_by_clause_matches_one_call(engine: EspeakEngine, text: str, voice: str) -> None:
-    """Split synthesis keeps eSpeak's own pauses: same duration as one call within 10 ms."""
+    """Split synthesis keeps eSpeak's own pauses: same duration as one call within 20 ms (a lost
+    pause would cost 150 ms or more; eSpeak's state carried over from earlier calls, e.g. another
+    voice, moves the length by ~10 ms)."""
     assert len(espeak_text.split_clauses(text)) >= 2
     split = sum(c.shape[0] for c in synth(engine, text, voice)) / 24000
     with espeak._LOCK:
         raw = espeak._synth_locked(espeak._load_locked(), text, voice, 175)
     whole = espeak._trim_edges(raw.astype(np.float32) / 32768.0, 22050).shape[0] / 22050
-    assert split == pytest.approx(whole, abs=0.010)
+    assert split == pytest.approx(whole, abs=0.020)
 
 
 def spy_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, bool]]:
