@@ -74,16 +74,17 @@ def test_without_autoplay_the_overlay_offers_an_enable_audio_button(
     playwright: Playwright, server_url: str
 ) -> None:
     """A normal browser (no autoplay flag, unlike OBS) needs one click before audio can play."""
-    # The policy is named explicitly rather than left to headless Chromium's default: this test
-    # failed once in about 12 full-suite runs with the button hidden, which (by overlay.js) means
-    # the page saw a running AudioContext without any gesture.
     args = [a for a in CHROMIUM_ARGS if not a.startswith("--autoplay-policy")]
     args.append("--autoplay-policy=document-user-activation-required")
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args, headless=True)
     try:
         page = browser.new_page()
-        page.goto(server_url + "/overlay")
-        page.wait_for_function("() => window.ttsOverlay && window.ttsOverlay.stats.connected")
+        # Wait for the overlay's event socket (opened right after it decided about the button)
+        # without running script in the page first: Playwright evaluates with a user gesture, so
+        # polling `wait_for_function` during start-up let audio start without a click (the page
+        # then rightly showed no button; seen in ~1 of 12 full-suite runs, often under load).
+        with page.expect_websocket(lambda ws: "/v1/overlay/events" in ws.url):
+            page.goto(server_url + "/overlay")
         assert page.is_visible("#enable-audio")
         assert page.evaluate("() => window.ttsOverlay.stats.audioEnabled") is False
         page.click("#enable-audio")
