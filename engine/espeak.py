@@ -14,7 +14,8 @@ streaming resampler to 24 kHz (no seams) and are yielded in ``chunk_ms`` pieces;
 segment costs no further work.
 
 The ``auto`` voice (the default) reads each segment with the voice of its script: Mandarin for
-Chinese characters, Japanese for kana, Korean for Hangul, else American English.
+Chinese characters, Japanese for kana, Korean for Hangul, Russian for Cyrillic, Hindi for
+Devanagari, else American English.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class _Voice:
 
 # The default voice: each segment is read with the voice of its script (espeak_text.script_voice).
 AUTO_VOICE = "auto"
-_AUTO_DESCRIPTION = "by script: Mandarin, Japanese, Korean, else American English"
+_AUTO_DESCRIPTION = "by script: Mandarin, Japanese, Korean, Russian, Hindi, else American English"
 # Curated, not the whole eSpeak list (hundreds, mostly variants): the common languages, each checked
 # against the installed data at start-up so only voices that load are listed.
 _CURATED = (

@@ -1,8 +1,10 @@
 """Text planning for the eSpeak engine (pure functions, no library calls).
 
 - ``script_voice``: the voice the ``auto`` voice reads a segment with, from the script it is written
-  in (Chinese characters -> Mandarin, kana -> Japanese, Hangul -> Korean, else American English;
-  eSpeak's Mandarin, Japanese and Korean voices read embedded Latin words in English).
+  in (Chinese characters -> Mandarin, kana -> Japanese, Hangul -> Korean, Cyrillic -> Russian,
+  Devanagari -> Hindi, else American English). eSpeak's Mandarin voice reads embedded English words
+  as English (an English clause comes out as long as with en-us, where en-us spells every Chinese
+  character out as "Chinese letter"), so mixed segments go to the non-Latin script's voice.
 - ``plan_pieces``: how a segment is cut into the texts eSpeak synthesizes one call at a time.
   eSpeak cannot yield mid-call, so the first audio of a segment waits for the whole first call and
   the engine thread is held for the whole of every call (about 1 ms of CPU per second of speech on
@@ -51,14 +53,22 @@ class Piece:
     end_pause: bool
 
 
+# (script, voice) in order of precedence: kana before Han, since Japanese mixes both
+_SCRIPT_VOICES = (
+    (re.compile(f"[{_KANA}]"), "ja"),
+    (re.compile(f"[{_HANGUL}]"), "ko"),
+    (re.compile(f"[{_HAN}]"), "cmn"),
+    (re.compile("[\u0400-\u04ff]"), "ru"),  # Cyrillic
+    (re.compile("[\u0900-\u097f]"), "hi"),  # Devanagari
+)
+
+
 def script_voice(text: str) -> str:
-    """The voice ``auto`` reads ``text`` with: ``cmn``, ``ja``, ``ko`` or ``en-us``."""
-    if re.search(f"[{_KANA}]", text):
-        return "ja"
-    if re.search(f"[{_HANGUL}]", text):
-        return "ko"
-    if re.search(f"[{_HAN}]", text):
-        return "cmn"
+    """The voice ``auto`` reads ``text`` with, from its script: ``ja``, ``ko``, ``cmn``, ``ru``,
+    ``hi``, else ``en-us`` (Latin-script languages cannot be told apart by script)."""
+    for script, voice in _SCRIPT_VOICES:
+        if script.search(text):
+            return voice
     return "en-us"
 
 

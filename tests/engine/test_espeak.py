@@ -155,7 +155,7 @@ def test_fast_start_first_call_is_about_one_second_of_speech(
 @pytest.mark.parametrize(
     ("text", "espeak_voice"),
     [(EN, "en-us"), (ZH, "cmn"), ("こんにちは、元気ですか。", "ja"), ("안녕하세요.", "ko"),
-     ("Please say 你好 to everyone.", "cmn")],
+     ("Please say 你好 to everyone.", "cmn"), ("Привет, как дела?", "ru")],
 )
 def test_auto_voice_reads_each_segment_with_the_voice_of_its_script(
     engine: EspeakEngine, monkeypatch: pytest.MonkeyPatch, text: str, espeak_voice: str

@@ -29,6 +29,8 @@ FIRST_PIECE_S = EngineConfig().espeak_first_piece_s
         ("こんにちは。", "ja"),
         ("東京へ行きます。", "ja"),  # kanji with kana is Japanese
         ("안녕하세요.", "ko"),
+        ("Привет, мир.", "ru"),
+        ("नमस्ते दुनिया।", "hi"),
         ("", "en-us"),
     ],
 )
