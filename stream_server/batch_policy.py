@@ -113,11 +113,12 @@ def choose_step(
     limits: BatchLimits,
     cost: CostFn,
     now_s: float,
-    policy: BatchPolicy = BatchPolicy(),
+    policy: BatchPolicy | None = None,
 ) -> StepPlan | None:
     """The next step for ``candidates`` (None when there are none); see the module docstring."""
     if not candidates:
         return None
+    policy = policy or BatchPolicy()
     ordered = sorted(candidates, key=lambda c: (c.deadline_s, c.order))
     head = ordered[0]
     kind = head.kind

@@ -44,6 +44,7 @@ from stream_server.scheduler import Scheduler, _Job
 
 log = logging.getLogger(__name__)
 
+DEFAULT_POLICY = BatchPolicy()
 OOM_RECOVERY_STEPS = 64  # clean steps after an out-of-memory before the limits grow again
 _HOP_SAMPLES = 256  # mel frame hop of the F5 family (24 kHz): frames -> seconds for estimates
 _FIRST_CHUNK_FRAMES = 24  # vocoder chunk sizes assumed when an item does not say (cost lookups)
@@ -117,7 +118,7 @@ class BatchScheduler(Scheduler):
         max_jobs: int,
         max_ahead_s: float,
         on_fault: Callable[[str], None] | None = None,
-        policy: BatchPolicy = BatchPolicy(),
+        policy: BatchPolicy = DEFAULT_POLICY,
         max_rows: int | None = None,
         max_frames: int | None = None,
         on_step: Callable[[StepKind, int, float], None] | None = None,
@@ -328,12 +329,13 @@ def make_scheduler(
     max_jobs: int,
     max_ahead_s: float,
     on_fault: Callable[[str], None] | None = None,
-    policy: BatchPolicy = BatchPolicy(),
+    policy: BatchPolicy = DEFAULT_POLICY,
     max_rows: int | None = None,
+    on_step: Callable[[StepKind, int, float], None] | None = None,
 ) -> Scheduler:
     """The worker for ``engine``: ``BatchScheduler`` for a batching engine, else the chunk worker."""
     if isinstance(engine, BatchEngine):
         return BatchScheduler(engine, audio, max_jobs=max_jobs, max_ahead_s=max_ahead_s,
-                              on_fault=on_fault, policy=policy, max_rows=max_rows)
+                              on_fault=on_fault, policy=policy, max_rows=max_rows, on_step=on_step)
     return Scheduler(engine, audio, max_jobs=max_jobs, max_ahead_s=max_ahead_s, on_fault=on_fault)
 

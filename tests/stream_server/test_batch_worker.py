@@ -42,7 +42,8 @@ async def run_sessions(engine: FakeBatchEngine, texts: list[list[str]], **kw: fl
             sched.submit(ch, request(t, i, fmt="pcm_s16le"), arrival_s=0.0)
         sinks.append(sink)
     for sink, segs in zip(sinks, texts, strict=True):
-        await sink.wait_for(lambda ev, n=len(segs): len(finished(ev)) == n)
+        n = len(segs)
+        await sink.wait_for(lambda ev, n=n: len(finished(ev)) == n)
     assert sched.job_count() == 0
     await asyncio.to_thread(sched.stop)
     return sinks, faults
