@@ -209,8 +209,10 @@ def run_from_args(args: Any, engine: Engine, segments: list[str], voice: str, ex
         return 2
     options = SynthOptions(seed=args.seed, nfe=args.nfe if engine.name == "f5" else None)
     batching = isinstance(engine, BatchEngine)
-    print(f"streams {levels}, stagger {args.stagger_ms:g} ms, worker: "
-          f"{'batch (max %d rows, %d frames)' % (engine.max_batch_rows, engine.max_batch_frames) if batching else 'chunk'}")
+    worker = "chunk"
+    if isinstance(engine, BatchEngine):
+        worker = f"batch (max {engine.max_batch_rows} rows, {engine.max_batch_frames} frames)"
+    print(f"streams {levels}, stagger {args.stagger_ms:g} ms, worker: {worker}")
     if args.compare_unbatched and not batching:
         print("bench-engine: --compare-unbatched needs a batching engine; this one runs one chunk at a time")
     results = run_levels(engine, levels, segments, voice, options, stagger_s=args.stagger_ms / 1000.0,
