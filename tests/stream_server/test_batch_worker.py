@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 from engine.config import AudioConfig
@@ -190,3 +191,23 @@ def test_out_of_memory_is_recognised_by_class() -> None:
     assert is_out_of_memory(torch.OutOfMemoryError("x"))
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("x"))
     assert not is_out_of_memory(RuntimeError("CUDA out of memory"))
+
+
+async def test_a_new_listener_goes_before_a_session_playing_ahead() -> None:
+    engine = FakeBatchEngine(cost=cpu_like_cost, step_delay_s=0.005)
+    sched = await started(engine)
+    sink_a, sink_b = Sink(), Sink()
+    a = sched.open_channel("a", sink_a)
+    b = sched.open_channel("b", sink_b)
+    sched.submit(a, request("a" * 800, 0, fmt="pcm_s16le"), arrival_s=0.0)  # 8 s of audio
+    await sink_a.wait_for(lambda ev: len(pcm(ev)) / 2 / 24000 >= 1.5)  # A has 1.5 s of buffer
+    sched.submit(b, request("new listener.", 0, fmt="pcm_s16le"), arrival_s=time.monotonic())
+    await sink_b.wait_for(lambda ev: finished(ev) == [0])
+    await sink_a.wait_for(lambda ev: finished(ev) == [0])
+    await asyncio.to_thread(sched.stop)
+    steps = engine.steps
+    b_first = next(i for i, (_, t) in enumerate(steps) if t == ("new listener.",))
+    b_audio = next(i for i, (k, t) in enumerate(steps) if k == "vocode" and t == ("new listener.",))
+    # from B's arrival to its first audio, nothing of A ran (A's buffer covered it)
+    assert all(t == ("new listener.",) for _, t in steps[b_first : b_audio + 1])
+    assert b_audio - b_first == engine.nfe  # its sampler steps, then its first chunk
