@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-StepKind = Literal["sample", "vocode"]
+from engine.base import StepKind
+
 # (rows, frames, kind) -> estimated seconds of one step; the engine's ``step_cost_s``
 CostFn = Callable[[int, int, StepKind], float]
 

@@ -30,16 +30,16 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from engine.audio import SegmentShaper
-from engine.base import Engine, EngineError, SynthOptions
+from engine.base import BatchEngine, BatchItem, Engine, EngineError, StepKind
 from engine.codec import make_encoder
 from engine.config import AudioConfig
-from stream_server.batch_policy import BatchLimits, BatchPolicy, Candidate, StepKind, choose_step
+from stream_server.batch_policy import BatchLimits, BatchPolicy, Candidate, choose_step
 from stream_server.scheduler import Scheduler, _Job
 
 log = logging.getLogger(__name__)
@@ -49,31 +49,6 @@ OOM_RECOVERY_STEPS = 64  # clean steps after an out-of-memory before the limits 
 _HOP_SAMPLES = 256  # mel frame hop of the F5 family (24 kHz): frames -> seconds for estimates
 _FIRST_CHUNK_FRAMES = 24  # vocoder chunk sizes assumed when an item does not say (cost lookups)
 _CHUNK_FRAMES = 96
-
-
-class BatchItem(Protocol):
-    """One segment in flight in a batching engine (see docs of ``engine.base.BatchEngine``)."""
-
-    phase: Literal["sampling", "vocoding", "done"]
-    n_frames: int
-    steps_left: int
-    first_audio: bool
-
-
-@runtime_checkable
-class BatchEngine(Engine, Protocol):
-    """The step-level interface of a batching engine (the contract of ``engine.base.BatchEngine``)."""
-
-    max_batch_rows: int
-    max_batch_frames: int
-
-    def open_item(
-        self, text: str, voice: str, options: SynthOptions, *, fast_start: bool = False
-    ) -> Any: ...
-    def sample_step(self, items: Sequence[Any]) -> None: ...
-    def vocode_step(self, items: Sequence[Any]) -> list[np.ndarray]: ...
-    def close_item(self, item: Any) -> None: ...
-    def step_cost_s(self, rows: int, frames: int, kind: Literal["sample", "vocode"]) -> float: ...
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -129,7 +104,7 @@ class BatchScheduler(Scheduler):
         self.max_frames = min(engine.max_batch_frames, max_frames or engine.max_batch_frames)
         self.on_step = on_step or (lambda kind, rows, seconds: None)
         # worker-thread state
-        self._items: dict[_Job, Any] = {}
+        self._items: dict[_Job, BatchItem] = {}
         self._oom_rows: int | None = None  # lowered limits after an out-of-memory
         self._oom_frames: int | None = None
         self._clean_steps = 0
