@@ -57,12 +57,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def expected_audio_s(item: Any, sample_rate: int) -> float:
-    """Seconds of audio the item will make: its generated frames when it says, else a rough half of
-    its total frames (the reference prompt is the other part). Only orders deadlines."""
-    frames = getattr(item, "gen_frames", None)
-    if frames is None:
-        frames = item.n_frames // 2
-    return float(frames) * _HOP_SAMPLES / sample_rate
+    """Seconds of audio the item will make: total minus reference frames when it says (F5's
+    ``ref_frames``), else a rough half of its total frames. Only orders deadlines."""
+    ref = getattr(item, "ref_frames", None)
+    frames = item.n_frames - ref if ref is not None else item.n_frames // 2
+    return float(max(0, frames)) * _HOP_SAMPLES / sample_rate
 
 
 def vocode_frames(item: Any) -> int:

@@ -38,7 +38,7 @@ class FakeItem:
     phase: Literal["sampling", "vocoding", "done"] = "sampling"
     first_audio: bool = True
     pos: int = 0  # samples vocoded so far
-    gen_frames: int = 0
+    ref_frames: int = 0
     closed: bool = False
     log: list[str] = field(default_factory=list)
 
@@ -94,7 +94,7 @@ class FakeBatchEngine:
         t = np.arange(n, dtype=np.float64) / self.sample_rate
         audio = (0.5 * np.sin(2 * np.pi * self.FREQS[voice] * t)).astype(np.float32)
         gen = -(-n // HOP)
-        item = FakeItem(text, voice, audio, self.ref_frames + gen, self.nfe, fast_start, gen_frames=gen)
+        item = FakeItem(text, voice, audio, self.ref_frames + gen, self.nfe, fast_start, ref_frames=self.ref_frames)
         if n == 0:
             item.phase, item.steps_left = "done", 0
         self.opened.append(item)
