@@ -158,11 +158,12 @@ class BatchScheduler(Scheduler):
             return None
         return functools.partial(self._run_step, plan.kind, [jobs[k] for k in plan.keys])
 
-    @staticmethod
-    def _candidate(key: int, item: Any, deadline_s: float, order: int) -> Candidate:
+    def _candidate(self, key: int, item: Any, deadline_s: float, order: int) -> Candidate:
         if item.phase == "sampling":
             return Candidate(key, "sample", int(item.n_frames), deadline_s, order, int(item.steps_left))
-        return Candidate(key, "vocode", vocode_frames(item), deadline_s, order)
+        sizer = getattr(self.engine, "vocode_frames", None)  # F5: the next chunk with its context
+        frames = int(sizer(item)) if sizer is not None else vocode_frames(item)
+        return Candidate(key, "vocode", frames, deadline_s, order)
 
     # ------------------------------------------------------------------ worker thread
 
