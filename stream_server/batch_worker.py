@@ -40,7 +40,16 @@ from engine.base import BatchEngine, BatchItem, Engine, EngineError, StepKind
 from engine.codec import make_encoder
 from engine.config import AudioConfig
 from stream_server.batch_policy import BatchLimits, BatchPolicy, Candidate, choose_step
-from stream_server.scheduler import Scheduler, _Job
+from stream_server.scheduler import (
+    _IDLE_WAIT_S,
+    Channel,
+    Scheduler,
+    SegmentAudio,
+    SegmentFailed,
+    SegmentFinished,
+    _Job,
+    packet_seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +174,78 @@ class BatchScheduler(Scheduler):
         frames = int(sizer(item)) if sizer is not None else vocode_frames(item)
         return Candidate(key, "vocode", frames, deadline_s, order)
 
+    def _cancel_locked(self, channel: Channel) -> None:
+        self._to_close.extend(channel.jobs)  # the worker closes their items before the next step
+        super()._cancel_locked(channel)
+
     # ------------------------------------------------------------------ worker thread
 
-    def _close_job(self, job: _Job) -> None:
+    def _run(self, *_lane: object) -> None:
+        """The worker loop (the chunk worker's, with a planned step as the unit of work)."""
+        while True:
+            with self._cond:
+                while True:
+                    to_close, self._to_close = self._to_close, []
+                    call = self._calls.popleft() if self._calls else None
+                    work = None if (call or self._stopping) else self._next_work_locked()
+                    if to_close or call or work or self._stopping:
+                        break
+                    self._cond.wait(_IDLE_WAIT_S)
+            for job in to_close:
+                self._close_item(job)
+            if call is not None:
+                fn, fut = call
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as exc:  # handed to the awaiting coroutine
+                        fut.set_exception(exc)
+            elif work is not None:
+                try:
+                    work()
+                except Exception:  # a bug in the step logic must not take the worker down
+                    log.exception("batch worker step failed")
+                    self.on_fault("worker")
+            elif self._stopping:
+                break
+        for _, fut in self._calls:
+            fut.cancel()
+
+    def _close_item(self, job: _Job) -> None:
         item = self._items.pop(job, None)
         if item is not None:
             try:
                 self.engine.close_item(item)
             except Exception:
                 log.exception("engine close_item raised")
+
+    def _settle(
+        self, job: _Job, packets: list[bytes], finished: bool, failure: tuple[str, str] | None, elapsed: float
+    ) -> None:
+        """Account one advance of ``job`` (its packets, ``elapsed`` worker seconds), post its events
+        (as the chunk worker does after each chunk) and release its item when it ends."""
+        frame_ms = float(self.audio.frame_ms)
+        audio_s = sum(packet_seconds(job.request, p, frame_ms) for p in packets)
+        with self._cond:
+            if job.cancelled:
+                return  # queued in _to_close by the cancel
+            ch = job.channel
+            job.synth_s += elapsed
+            job.audio_s += audio_s
+            if ch.clock_start is None and audio_s > 0:
+                ch.clock_start = time.monotonic()  # playback starts about now
+            ch.produced_s += audio_s
+            if failure is not None or finished:
+                ch.jobs.remove(job)  # the head, or a segment sampled ahead that failed
+                self._n_jobs -= 1
+        if packets and failure is None:
+            self._post(ch, SegmentAudio(job.request, tuple(packets), audio_s))
+        if failure is not None:
+            self._post(ch, SegmentFailed(job.request, *failure))
+        elif finished:
+            self._post(ch, SegmentFinished(job.request, job.audio_s, job.synth_s))
+        if failure is not None or finished:
+            self._close_item(job)
 
     def _open_and_finish(self, to_open: list[tuple[_Job, bool]], to_finish: list[_Job]) -> None:
         for job, fast_start in to_open:
@@ -189,6 +261,8 @@ class BatchScheduler(Scheduler):
             except EngineError as exc:
                 failure = (exc.code, str(exc) or exc.code)
             except Exception as exc:
+                if is_out_of_memory(exc):
+                    self.on_fault("oom")
                 failure = self._fault(job, exc)
             else:
                 self._items[job] = item
@@ -199,7 +273,7 @@ class BatchScheduler(Scheduler):
                     job.synth_s += time.perf_counter() - t0
                     cancelled = job.cancelled
                 if cancelled:
-                    self._close_job(job)
+                    self._close_item(job)
         for job in to_finish:  # an empty segment: only its pause
             self._emit(job, None, finished=True, elapsed=0.0)
 
@@ -293,8 +367,6 @@ class BatchScheduler(Scheduler):
         except Exception as exc:
             failure = self._fault(job, exc)
         self._settle(job, packets, finished, failure, elapsed)
-        if finished or failure is not None:
-            self._close_job(job)
 
 
 def make_scheduler(

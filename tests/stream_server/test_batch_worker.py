@@ -59,7 +59,7 @@ async def test_make_scheduler_picks_the_batch_worker_only_for_batching_engines()
 
 async def test_sessions_are_batched_on_a_gpu_like_device_and_audio_equals_solo() -> None:
     texts = [["first session speaks.", "then more."], ["second one here, a bit longer."]]
-    engine = FakeBatchEngine(cost=gpu_like_cost)
+    engine = FakeBatchEngine(cost=gpu_like_cost, step_delay_s=0.005)  # the second joins in time
     sinks, faults = await run_sessions(engine, texts)
     assert max(len(t) for k, t in engine.steps if k == "sample") == 2
     assert any(k == "vocode" and len(t) == 2 for k, t in engine.steps)
@@ -146,7 +146,7 @@ async def test_an_engine_exception_fails_only_its_segment() -> None:
 
 
 async def test_out_of_memory_retries_smaller_batches_and_everyone_finishes() -> None:
-    engine = FakeBatchEngine(cost=gpu_like_cost, oom_over_rows=2)
+    engine = FakeBatchEngine(cost=gpu_like_cost, oom_over_rows=2, step_delay_s=0.005)
     texts = [[f"session {k} speaks."] for k in range(6)]
     sinks, faults = await run_sessions(engine, texts)
     for sink in sinks:
