@@ -174,7 +174,8 @@ def synthesize_batch(engine: BatchEngine, lines: Sequence[BatchLine], config: Ap
     out = []
     for st in states:
         parts = [st.chunks[k] for k in range(len(st.items))]
-        mels = [np.asarray(getattr(it, "mel")) for it in st.items if getattr(it, "mel", None) is not None]
+        found = (getattr(it, "mel", None) for it in st.items)  # (T, 100) per segment, F5 only
+        mels = [np.asarray(m) for m in found if m is not None]
         out.append((_shape(parts, engine, config), mels))
     return out
 

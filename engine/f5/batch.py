@@ -267,7 +267,7 @@ class BatchSampler:
         # guided items first: their uncond rows follow all conditional rows, in the same order
         order = sorted(items, key=lambda it: not it.guided)
         g = sum(it.guided for it in order)
-        b, n = len(order), max(it.n_frames for it in order)
+        b = len(order)
         bp, npad = self.batch_shape(order)
         device, dtype = self.device, self.model.dtype
         padded = bp != b or any(it.n_frames != npad for it in order)

@@ -44,13 +44,12 @@ from engine.base import (
     VoiceInfo,
 )
 from engine.config import EngineConfig
-from engine.f5 import frontend as frontend_mod
+from engine.f5.batch import BatchSampler, row_buckets
 from engine.f5.config import HOP_LENGTH, SAMPLE_RATE, F5ModelConfig
 from engine.f5.frontend import TextFrontend, estimate_frames, fix_reference_text
 from engine.f5.loader import build_model, load_f5_state_dict, load_vocab, load_vocos
 from engine.f5.mel import LogMelSpectrogram
 from engine.f5.reference_audio import prepare_reference_audio
-from engine.f5.batch import BatchSampler, reachable_shapes, row_buckets
 from engine.f5.sampler import EPSS_TABLES, SamplerSettings, min_total_frames
 from engine.f5.steps import F5Item, StepCostTable
 from engine.f5.vocoder import ChunkedVocoder, random_vocos
@@ -341,7 +340,7 @@ class F5Engine:
         return ref
 
     def _own(self, items: Sequence[BatchItem], phase: str) -> list[F5Item]:
-        out = []
+        out: list[F5Item] = []
         for it in items:
             if not isinstance(it, F5Item):
                 raise TypeError(f"not an item of this engine: {it!r}")
