@@ -6,6 +6,9 @@ All graphs share one memory pool and are captured largest first (the small ones 
 as vLLM does. A graph's output is only valid until the next replay of any graph: the caller
 consumes it (the Euler update) right away.
 
+Build and capture under ``torch.inference_mode()`` (as the sampler's steps run), so a compiled
+velocity sees the same grad mode and tensor kinds at capture and in service.
+
 The captured function is the sampler's velocity (usually ``torch.compile``d with dynamic shapes, so
 one compilation serves every bucket and each graph is just a capture). CUDA only; the CPU tests
 cover the bucketing and padding logic through `engine.f5.batch.BatchSampler` with static shapes.
