@@ -326,8 +326,6 @@ class BatchSampler:
             v = self.velocity(x, cond, text, t, cfg, mask)
         new_x = x + dt[:, None, None] * v  # (bp, npad, 100) float32
         for i, it in enumerate(order):
-            it.x = new_x[i, : it.n_frames] if (padded or b > 1) else new_x[0]
+            # own storage when batched: the batch tensor is freed when the step ends
+            it.x = new_x[i, : it.n_frames].clone() if (padded or b > 1) else new_x[0]
             it.step += 1
-        if b > 1 or padded:
-            for it in order:  # own storage: the batch tensor is freed when the step ends
-                it.x = it.x.clone()
