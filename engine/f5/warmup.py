@@ -95,14 +95,15 @@ def _capture_graphs(engine: F5Engine) -> None:
     _time_sample_step(engine, r0, f0)
     _time_sample_step(engine, min(2, engine.max_batch_rows), engine.buckets[0])
     log.info("f5 warm-up: compiled in %.1f s", time.perf_counter() - tc)
-    runner = CudaGraphRunner(
-        engine.batch.velocity, shapes, text_dim=engine.model_config.text_dim,
-        dtype=engine.model.dtype, device=torch.device(engine.device),
-    )
 
     def record(_: int, rows: int, frames: int, seconds: float) -> None:
         engine.costs.record("sample", rows, frames, seconds)
 
-    runner.capture_all(record)
+    with torch.inference_mode():  # as the sampler steps run: the compiled guards stay valid
+        runner = CudaGraphRunner(
+            engine.batch.velocity, shapes, text_dim=engine.model_config.text_dim,
+            dtype=engine.model.dtype, device=torch.device(engine.device),
+        )
+        runner.capture_all(record)
     engine.batch.runner = runner
     engine.graph_bytes = runner.graph_bytes
