@@ -21,12 +21,13 @@ Faults stay with their segments: a step that raises is retried in halves until t
 alone, and only those fail (``engine_fault``; an ``EngineError`` keeps its code). An out-of-memory
 error (``torch.OutOfMemoryError``, matched by name so the server does not import torch for eSpeak)
 also halves the batch limits for the following steps (restored step by step after
-``OOM_RECOVERY_STEPS`` clean steps); an item that runs out of memory alone fails with
+``batch_policy.OomBackoff.recovery_steps`` clean steps); an item that runs out of memory alone fails with
 ``out_of_memory``. Every other session continues; ``on_fault`` counts each fault.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import time
@@ -39,7 +40,7 @@ from engine.audio import SegmentShaper
 from engine.base import BatchEngine, BatchItem, Engine, EngineError, StepKind
 from engine.codec import make_encoder
 from engine.config import AudioConfig
-from stream_server.batch_policy import BatchLimits, BatchPolicy, Candidate, choose_step
+from stream_server.batch_policy import BatchLimits, BatchPolicy, Candidate, OomBackoff, choose_step
 from stream_server.scheduler import (
     _IDLE_WAIT_S,
     Channel,
@@ -54,7 +55,6 @@ from stream_server.scheduler import (
 log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = BatchPolicy()
-OOM_RECOVERY_STEPS = 64  # clean steps after an out-of-memory before the limits grow again
 _HOP_SAMPLES = 256  # mel frame hop of the F5 family (24 kHz): frames -> seconds for estimates
 _FIRST_CHUNK_FRAMES = 24  # vocoder chunk sizes assumed when an item does not say (cost lookups)
 _CHUNK_FRAMES = 96
@@ -113,20 +113,16 @@ class BatchScheduler(Scheduler):
         self.on_step = on_step or (lambda kind, rows, seconds: None)
         # worker-thread state
         self._items: dict[_Job, BatchItem] = {}
-        self._oom_rows: int | None = None  # lowered limits after an out-of-memory
-        self._oom_frames: int | None = None
-        self._clean_steps = 0
+        self.backoff = OomBackoff(self.max_rows, self.max_frames)  # limits lowered after an OOM
 
     # ------------------------------------------------------------------ planning (lock held)
 
     def limits(self) -> BatchLimits:
-        rows = min(self.max_rows, self._oom_rows or self.max_rows)
-        frames = min(self.max_frames, self._oom_frames or self.max_frames)
-        return BatchLimits(max(1, rows), max(1, frames))
+        return self.backoff.limits()
 
     def _next_work_locked(self) -> Callable[[], None] | None:
         now = time.monotonic()
-        to_open: list[tuple[_Job, bool]] = []
+        to_open: list[tuple[float, int, _Job, bool]] = []  # deadline, order, job, fast_start
         to_finish: list[_Job] = []
         candidates: list[Candidate] = []
         jobs: list[_Job] = []
@@ -139,7 +135,7 @@ class BatchScheduler(Scheduler):
             head = ch.jobs[0]
             item = self._items.get(head)
             if item is None:
-                to_open.append((head, ch.clock_start is None))
+                to_open.append((ch.deadline(), order, head, ch.clock_start is None))
                 continue
             if item.phase == "done":
                 if not parked:
@@ -153,19 +149,36 @@ class BatchScheduler(Scheduler):
             # the next segment samples ahead, needed when the head's audio runs out
             nxt = ch.jobs[1]
             nxt_item = self._items.get(nxt)
+            ahead_s = max(0.0, expected_audio_s(item, self.engine.sample_rate) - head.audio_s)
+            deadline = max(ch.deadline(), now) + ahead_s
             if nxt_item is None:
-                to_open.append((nxt, False))
+                to_open.append((deadline, order, nxt, False))
             elif nxt_item.phase == "sampling":
-                ahead_s = max(0.0, expected_audio_s(item, self.engine.sample_rate) - head.audio_s)
-                deadline = max(ch.deadline(), now) + ahead_s
                 candidates.append(self._candidate(len(jobs), nxt_item, deadline, order))
                 jobs.append(nxt)
-        if to_open or to_finish:
-            return functools.partial(self._open_and_finish, to_open, to_finish)
+        opens = self._opens_worth_now(to_open, candidates)
+        if opens or to_finish:
+            return functools.partial(self._open_and_finish, opens, to_finish)
         plan = choose_step(candidates, self.limits(), self.engine.step_cost_s, now, self.policy)
         if plan is None:
             return None
         return functools.partial(self._run_step, plan.kind, [jobs[k] for k in plan.keys])
+
+    def _opens_worth_now(
+        self, to_open: list[tuple[float, int, _Job, bool]], candidates: list[Candidate]
+    ) -> list[tuple[_Job, bool]]:
+        """The segments to open before the next step: in deadline order, those that would be among
+        the ``max_rows`` most urgent sampling items (opening costs a text-encoder pass; 64 sessions
+        starting at once should not all pay for it before the first 16 get a step)."""
+        deadlines = sorted((c.deadline_s, c.order) for c in candidates if c.kind == "sample")
+        rows = self.limits().max_rows
+        out = []
+        for deadline, order, job, fast_start in sorted(to_open, key=lambda o: (o[0], o[1])):
+            if bisect.bisect_left(deadlines, (deadline, order)) >= rows:
+                break
+            bisect.insort(deadlines, (deadline, order))
+            out.append((job, fast_start))
+        return out
 
     def _candidate(self, key: int, item: Any, deadline_s: float, order: int) -> Candidate:
         if item.phase == "sampling":
@@ -317,7 +330,7 @@ class BatchScheduler(Scheduler):
                         kind, len(jobs), type(exc).__name__, exc)
             half = len(jobs) // 2
             return {**self._guarded_step(kind, jobs[:half]), **self._guarded_step(kind, jobs[half:])}
-        self._note_clean_step()
+        self.backoff.clean_step()
         return dict(zip(jobs, chunks, strict=True))
 
     def _fault(self, job: _Job, exc: Exception) -> tuple[str, str]:
@@ -336,23 +349,9 @@ class BatchScheduler(Scheduler):
     def _lower_limits(self, jobs: list[_Job]) -> None:
         rows = len(jobs)
         frames = rows * max(int(self._items[j].n_frames) for j in jobs)
-        self._oom_rows = max(1, min(self._oom_rows or rows, rows) // 2)
-        self._oom_frames = max(1, min(self._oom_frames or frames, frames) // 2)
-        self._clean_steps = 0
+        limits = self.backoff.out_of_memory(rows, frames)
         log.warning("out of memory at %d rows / %d frames: limits now %d rows / %d frames",
-                    rows, frames, self._oom_rows, self._oom_frames)
-
-    def _note_clean_step(self) -> None:
-        if self._oom_rows is None:
-            return
-        self._clean_steps += 1
-        if self._clean_steps >= OOM_RECOVERY_STEPS:
-            self._clean_steps = 0
-            self._oom_rows *= 2
-            assert self._oom_frames is not None
-            self._oom_frames *= 2
-            if self._oom_rows >= self.max_rows and self._oom_frames >= self.max_frames:
-                self._oom_rows = self._oom_frames = None
+                    rows, frames, limits.max_rows, limits.max_frames)
 
     def _emit(self, job: _Job, chunk: np.ndarray | None, *, finished: bool, elapsed: float) -> None:
         """A vocoder chunk of ``job`` through its audio post and encoder, then its events."""

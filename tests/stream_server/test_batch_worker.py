@@ -7,7 +7,6 @@ import time
 from collections import Counter
 
 from engine.config import AudioConfig
-from stream_server.batch_policy import BatchLimits
 from stream_server.batch_worker import BatchScheduler, is_out_of_memory, make_scheduler
 from stream_server.scheduler import Scheduler, SegmentAudio, SegmentFailed, SegmentFinished
 from tests.server_fixtures import SineBurstEngine
@@ -214,30 +213,19 @@ async def test_a_new_listener_goes_before_a_session_playing_ahead() -> None:
     assert b_audio - b_first == engine.nfe  # its sampler steps, then its first chunk
 
 
-def test_limits_halve_after_an_out_of_memory_and_grow_back_after_clean_steps() -> None:
-    from stream_server.batch_worker import OOM_RECOVERY_STEPS
-    from stream_server.scheduler import Channel, _Job
 
-    engine = FakeBatchEngine(max_batch_rows=8, max_batch_frames=100_000)
-    sched = BatchScheduler(engine, AUDIO, max_jobs=8, max_ahead_s=1.0)
-    ch = Channel("s", lambda event: None)
-    jobs = [_Job(request(f"item {k}."), ch) for k in range(8)]
-    for job in jobs:
-        sched._items[job] = engine.open_item(job.request.text, "low", job.request.options)
-    longest = max(sched._items[j].n_frames for j in jobs)
-    assert sched.limits().max_rows == 8
-    sched._lower_limits(jobs)  # out of memory at 8 rows
-    assert sched.limits().max_rows == 4 and sched.limits().max_frames == 8 * longest // 2
-    sched._lower_limits(jobs[:4])  # and again at 4
-    assert sched.limits().max_rows == 2
-    for _ in range(OOM_RECOVERY_STEPS - 1):
-        sched._note_clean_step()
-    assert sched.limits().max_rows == 2  # not yet
-    sched._note_clean_step()
-    assert sched.limits().max_rows == 4
-    for _ in range(OOM_RECOVERY_STEPS):
-        sched._note_clean_step()
-    assert sched.limits().max_rows == 8 and sched.limits().max_frames == 8 * longest  # where it failed
-    for _ in range(20 * OOM_RECOVERY_STEPS):  # padded frames keep doubling up to the engine's limit
-        sched._note_clean_step()
-    assert sched.limits() == BatchLimits(8, 100_000) and sched._oom_rows is None
+async def test_only_segments_that_can_join_the_next_step_are_opened_before_it() -> None:
+    engine = FakeBatchEngine(cost=gpu_like_cost)
+    sched = BatchScheduler(engine, AUDIO, max_jobs=64, max_ahead_s=100.0, max_rows=2)
+    sinks = []
+    for k in range(5):  # five listeners arrive together, before the worker starts
+        sink = Sink()
+        ch = sched.open_channel(f"s{k}", sink)
+        sched.submit(ch, request(f"listener {k}.", 0, fmt="pcm_s16le"), arrival_s=float(k))
+        sinks.append(sink)
+    sched.start(asyncio.get_running_loop())
+    for sink in sinks:
+        await sink.wait_for(lambda ev: finished(ev) == [0])
+    await asyncio.to_thread(sched.stop)
+    assert engine.trace[:3] == ["open listener 0.", "open listener 1.", "sample 2"]
+    assert all(int(t.split()[1]) <= 2 for t in engine.trace if not t.startswith("open"))
