@@ -4,9 +4,10 @@
 per-session audio post + encoding) whose unit of work is one engine *step* instead of one chunk of
 one generator. Each time round the worker loop it:
 
-1. opens an engine item (``open_item``) for every segment that may start: the head segment of every
-   session, and its next segment once the head is making audio (so the next one samples ahead of
-   playback, at a later deadline);
+1. opens an engine item (``open_item``) for segments that may start, in deadline order and only as
+   many as could join the next sampler step: the head segment of every session, and its next
+   segment once the head is making audio (so the next one samples ahead of playback, at a later
+   deadline);
 2. describes every item that can advance as a ``batch_policy.Candidate`` (head items sample or
    vocode; the ahead item only samples, since its audio must wait for the head's; a session parked
    ``max_ahead_s`` ahead of its writer only samples, it makes no audio) and lets
