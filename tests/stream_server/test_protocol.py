@@ -125,7 +125,7 @@ def test_sample_rates_match_what_the_codecs_support() -> None:
         (
             Ready(PROTOCOL_VERSION, "s1", "espeak", "cpu", "en-us", "opus", 24000, 20),
             {"type": "ready", "protocol_version": 1, "session_id": "s1", "engine": "espeak", "device": "cpu",
-             "voice": "en-us", "format": "opus", "sample_rate": 24000, "frame_ms": 20, "channels": 1},
+             "voice": "en-us", "format": "opus", "sample_rate": 24000, "frame_ms": 20, "channels": 1, "replica": ""},
         ),
         (SegmentStarted(0, "Hi."), {"type": "segment", "index": 0, "text": "Hi."}),
         (SegmentDone(2, 1500.0, 12.345678, 0.00823045),
