@@ -419,9 +419,9 @@ def estimate_alignment(text: str, speech_ms: float, total_ms: float) -> Alignmen
     client that advances its clock by the last start + duration stays in step with the audio).
     """
     total = max(0.0, total_ms)
-    speech = min(max(0.0, speech_ms), total)
-    chars = (*text, " ")
     n = len(text)
+    speech = min(max(0.0, speech_ms), total) if n else 0.0
+    chars = (*text, " ")
     edges = [round(speech * i / n) for i in range(n)] if n else []
     edges += [round(speech), round(total)]
     starts = tuple(edges[:-1])
