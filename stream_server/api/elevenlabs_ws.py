@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -430,6 +431,8 @@ async def _serve(hub: Hub, ws: WebSocket, voice_id: str, *, multi: bool) -> None
     await ws.accept()
     try:
         params = parse_query(voice_id, ws.query_params.multi_items(), multi=multi)
+        if hub.config.server.elevenlabs_alignment == "always":
+            params = dataclasses.replace(params, sync_alignment=True)
         voice = _resolve_voice(hub, voice_id)
         if hub.shutting_down:
             raise ElevenLabsError("shutting_down", "server is shutting down", close_code=CLOSE_GOING_AWAY)
