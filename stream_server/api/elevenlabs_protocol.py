@@ -120,14 +120,15 @@ def _query_int(name: str, raw: str, low: int, high: int) -> int:
 
 
 def parse_query(voice_id: str, items: Iterable[tuple[str, str]], *, multi: bool) -> StreamParams:
-    """Validate the path's voice id and the query parameters (unknown ones are refused)."""
+    """Validate the path's voice id and the known query parameters (unknown ones are ignored, as
+    ElevenLabs does, so a newer client's extra option does not break the connection)."""
     if not voice_id or len(voice_id) > MAX_ID_CHARS:
         raise ElevenLabsError("invalid_parameter", f"voice_id must be 1..{MAX_ID_CHARS} characters",
                               param="voice_id")
     query: dict[str, str] = {}
     for name, value in items:
         if name not in _QUERY_PARAMS:
-            raise ElevenLabsError("invalid_parameter", f"unknown query parameter {name[:40]!r}", param=name[:40])
+            continue  # e.g. ?token= / ?authorization= (access control's), or a newer client's option
         if name in query:
             raise ElevenLabsError("invalid_parameter", f"query parameter {name} given twice", param=name)
         query[name] = value

@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -54,6 +55,7 @@ from stream_server.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
     CLOSE_TRY_AGAIN_LATER,
     SessionLimitError,
 )
@@ -66,22 +68,35 @@ _YIELD_EVERY = 4
 _MIN_WAIT_S = 0.05
 
 
-def check_api_key(key: str | None) -> bool:
-    """Auth hook: may a client holding ``key`` (None = no key) use these routes?
+KeyCheck = Callable[[str | None], None]
 
-    Called with the ``xi-api-key`` header at connect and, when that fails, with the key of the
-    first message (``xi_api_key`` / ``xi-api-key`` / ``authorization``). ``stream_server.auth``
-    (branch ``auth``) is not merged yet: until it is, access control is off and every key passes.
+
+def first_message_auth(ws: WebSocket) -> KeyCheck | None:
+    """Access-control hook: how to authenticate the key of this socket's first message.
+
+    ``stream_server.auth_asgi`` (helper branch ``auth``) checks the ``xi-api-key`` /
+    ``Authorization`` header before the route runs; an ElevenLabs socket without one is let in
+    *pending*, and its first message's ``xi_api_key`` / ``xi-api-key`` / ``authorization`` must
+    complete it. Returns None when nothing is pending (a header key was accepted, or access control
+    is off or not installed), else a function that raises ``ElevenLabsError`` for a refused key.
     """
-    return True
+    try:
+        from stream_server.auth_asgi import request_auth  # type: ignore[import-not-found,unused-ignore]
+        from stream_server.errors import AccessError  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # access control not merged yet: everything is allowed
+        return None
+    auth = request_auth(ws)
+    if not auth.pending:
+        return None
 
+    def complete(key: str | None) -> None:
+        try:
+            auth.complete(key)
+        except AccessError as exc:
+            close = exc.kind.close_code or CLOSE_POLICY_VIOLATION
+            raise ElevenLabsError(exc.code, exc.message, close_code=close) from None
 
-def header_api_key(ws: WebSocket) -> str | None:
-    key = ws.headers.get("xi-api-key")
-    if key is None:
-        auth = ws.headers.get("authorization", "")
-        key = auth.removeprefix("Bearer ").strip() or None
-    return key
+    return complete
 
 
 @dataclass(frozen=True)
@@ -126,12 +141,13 @@ class _Outbox:
 class ElevenLabsConnection:
     """One ElevenLabs-compatible WebSocket (see the module docstring)."""
 
-    def __init__(self, hub: Hub, ws: WebSocket, params: StreamParams, voice: str, *, authorized: bool) -> None:
+    def __init__(self, hub: Hub, ws: WebSocket, params: StreamParams, voice: str, *,
+                 check_key: KeyCheck | None = None) -> None:
         self.hub = hub
         self.ws = ws
         self.params = params
         self.voice = voice
-        self.authorized = authorized
+        self.check_key = check_key  # None once the socket is authenticated (or needs no key)
         self.id = uuid.uuid4().hex[:12]
         self.scheduler = hub.require_scheduler()
         server = hub.config.server
@@ -245,11 +261,9 @@ class ElevenLabsConnection:
 
     def _on_message(self, msg: ClientMessage, now: float) -> None:
         self.last_message_s = now
-        if not self.authorized:
-            key = msg.api_key if isinstance(msg, SendText) else None
-            if not check_api_key(key):
-                raise ElevenLabsError("authentication_required", "a valid xi-api-key is required")
-            self.authorized = True
+        if self.check_key is not None:
+            self.check_key(msg.api_key if isinstance(msg, SendText) else None)  # raises when refused
+            self.check_key = None
         if self.closing_socket:
             return  # after close_socket / end of input nothing new starts
         if isinstance(msg, (CloseSocket, EndOfInput)):
@@ -443,7 +457,7 @@ async def _serve(hub: Hub, ws: WebSocket, voice_id: str, *, multi: bool) -> None
         hub.metrics.observe_error(exc.error)
         await _refuse(ws, error_message(exc))
         return
-    conn = ElevenLabsConnection(hub, ws, params, voice, authorized=check_api_key(header_api_key(ws)))
+    conn = ElevenLabsConnection(hub, ws, params, voice, check_key=first_message_auth(ws))
     await conn.run()
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stream_server.api import elevenlabs_ws
-from stream_server.api.elevenlabs_protocol import OUTPUT_FORMATS
+from stream_server.api.elevenlabs_protocol import OUTPUT_FORMATS, ElevenLabsError
 from tests.server_fixtures import SineBurstEngine, make_config, running_server
 from tests.stream_server.api.el_client import decode_audio, el_session, el_url
 
@@ -210,20 +210,22 @@ def test_default_voice_and_every_key_spelling_are_accepted(server: str) -> None:
         assert reply.close_code == 1000 and reply.audio()
 
 
-def test_the_auth_hook_sees_the_header_then_the_first_message_key(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_pending_socket_is_authenticated_by_its_first_message(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str | None] = []
 
-    def only_good(key: str | None) -> bool:
+    def only_good(key: str | None) -> None:
         seen.append(key)
-        return key == "good"
+        if key != "good":
+            raise ElevenLabsError("unauthorized", "missing or invalid API key")
 
-    monkeypatch.setattr(elevenlabs_ws, "check_api_key", only_good)
+    monkeypatch.setattr(elevenlabs_ws, "first_message_auth", lambda ws: only_good)
     ok = run(el_session(el_url(server, "low", query="output_format=pcm_16000"),
                         [{"text": " ", "xi_api_key": "good"}, {"text": "Hi. "}, {"text": ""}]))
-    assert ok.close_code == 1000 and ok.audio() and seen == [None, "good"]
-    refused = run(el_session(el_url(server, "low"), [{"text": " ", "xi-api-key": "bad"}], headers={"xi-api-key": "bad2"}))
-    assert refused.close_code == 1008 and refused.messages[-1]["error"] == "authentication_required"
-    assert seen[-2:] == ["bad2", "bad"]
+    assert ok.close_code == 1000 and ok.audio() and seen == ["good"]  # checked once, on the first message
+    refused = run(el_session(el_url(server, "low"), [{"text": " ", "xi-api-key": "bad"}, {"text": "Hi. "}]))
+    assert refused.close_code == 1008 and refused.messages == [
+        {"message": "missing or invalid API key", "error": "unauthorized", "code": 1008}]
+    assert seen[-1] == "bad"
 
 
 def test_inactivity_timeout_closes_an_idle_socket(server: str) -> None:
