@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from stream_server.actions import Action, CancelJobs, Close, OutItem, Submit
 from stream_server.api.elevenlabs_protocol import (
     AudioMessage,
-    ElevenLabsError,
     ErrorMessage,
     FinalMessage,
     ServerMessage,
-    StreamParams,
     estimate_alignment,
 )
+from stream_server.api.elevenlabs_query import ElevenLabsError, StreamParams
 from stream_server.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,

@@ -1,7 +1,6 @@
-"""ElevenLabs-compatible WebSocket routes: the glue between a socket and its contexts.
+"""ElevenLabs-compatible WebSockets: the glue between a socket and its contexts.
 
-``register_elevenlabs_routes(app, hub)`` adds ``/v1/text-to-speech/{voice_id}/stream-input`` and
-``/v1/text-to-speech/{voice_id}/multi-stream-input``. One ``ElevenLabsConnection`` per socket: a
+One ``ElevenLabsConnection`` per socket (``elevenlabs_routes`` checks the connection first): a
 reader task parses client frames (``elevenlabs_protocol``) and feeds each context's state machine
 (``elevenlabs_context``, one of our ``Session``s per context, each with its own scheduler channel);
 a writer task drains one bounded outbox to the socket. When one task ends the other is cancelled.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -25,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
 
 from stream_server.actions import CancelJobs, Submit
 from stream_server.api.elevenlabs_context import (
@@ -35,27 +33,23 @@ from stream_server.api.elevenlabs_context import (
     error_message,
 )
 from stream_server.api.elevenlabs_protocol import (
-    MAX_CONTEXTS,
     ClientMessage,
     CloseContext,
     CloseSocket,
-    ElevenLabsError,
     EndOfInput,
     ErrorMessage,
     Flush,
     KeepAlive,
     SendText,
-    StreamParams,
     encode_server_message,
     parse_client_message,
-    parse_query,
 )
+from stream_server.api.elevenlabs_query import MAX_CONTEXTS, ElevenLabsError, StreamParams
 from stream_server.connection import Hub
 from stream_server.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
-    CLOSE_POLICY_VIOLATION,
     CLOSE_TRY_AGAIN_LATER,
     SessionLimitError,
 )
@@ -64,39 +58,11 @@ from stream_server.session import Session
 
 log = logging.getLogger("stream_server")
 
+KeyCheck = Callable[[str | None], None]  # raises ElevenLabsError when the key is refused
+
 _YIELD_EVERY = 4
 _MIN_WAIT_S = 0.05
-
-
-KeyCheck = Callable[[str | None], None]
-
-
-def first_message_auth(ws: WebSocket) -> KeyCheck | None:
-    """Access-control hook: how to authenticate the key of this socket's first message.
-
-    ``stream_server.auth_asgi`` (helper branch ``auth``) checks the ``xi-api-key`` /
-    ``Authorization`` header before the route runs; an ElevenLabs socket without one is let in
-    *pending*, and its first message's ``xi_api_key`` / ``xi-api-key`` / ``authorization`` must
-    complete it. Returns None when nothing is pending (a header key was accepted, or access control
-    is off or not installed), else a function that raises ``ElevenLabsError`` for a refused key.
-    """
-    try:
-        from stream_server.auth_asgi import request_auth  # type: ignore[import-not-found,unused-ignore]
-        from stream_server.errors import AccessError  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # access control not merged yet: everything is allowed
-        return None
-    auth = request_auth(ws)
-    if not auth.pending:
-        return None
-
-    def complete(key: str | None) -> None:
-        try:
-            auth.complete(key)
-        except AccessError as exc:
-            close = exc.kind.close_code or CLOSE_POLICY_VIOLATION
-            raise ElevenLabsError(exc.code, exc.message, close_code=close) from None
-
-    return complete
+_RECHECK_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -371,7 +337,9 @@ class ElevenLabsConnection:
         limit = self.params.inactivity_timeout_s
         deadlines = [self.last_message_s + limit]
         deadlines += [c.last_message_s + limit for c in self.contexts.values() if not c.ending]
-        return max(_MIN_WAIT_S, min(deadlines) - now)
+        wait = min(deadlines) - now
+        # overdue while busy (the timeout only closes idle sockets / contexts): look again soon
+        return wait if wait > _MIN_WAIT_S else _RECHECK_S
 
     # ------------------------------------------------------------------ tasks
 
@@ -423,52 +391,3 @@ class ElevenLabsConnection:
                 sent += 1
                 if sent % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
-
-
-def _resolve_voice(hub: Hub, voice_id: str) -> str:
-    info = hub.engine_info()
-    if voice_id == "default":
-        return info.default_voice
-    if voice_id not in info.voice_names():
-        raise ElevenLabsError("voice_not_found", f"unknown voice {voice_id[:64]!r}; see GET /v1/voices "
-                              "(or use 'default')", param="voice_id")
-    return voice_id
-
-
-async def _refuse(ws: WebSocket, error: ErrorMessage) -> None:
-    with contextlib.suppress(Exception):
-        await ws.send_text(encode_server_message(error))
-        await ws.close(error.code, error.error)
-
-
-async def _serve(hub: Hub, ws: WebSocket, voice_id: str, *, multi: bool) -> None:
-    await ws.accept()
-    try:
-        params = parse_query(voice_id, ws.query_params.multi_items(), multi=multi)
-        if hub.config.server.elevenlabs_alignment == "always":
-            params = dataclasses.replace(params, sync_alignment=True)
-        voice = _resolve_voice(hub, voice_id)
-        if hub.shutting_down:
-            raise ElevenLabsError("shutting_down", "server is shutting down", close_code=CLOSE_GOING_AWAY)
-        if len(hub.connections) >= hub.config.server.max_sessions:
-            hub.metrics.rejected_sessions.inc()
-            raise ElevenLabsError("overloaded", "too many sessions; try again later", close_code=CLOSE_TRY_AGAIN_LATER)
-    except ElevenLabsError as exc:
-        hub.metrics.observe_error(exc.error)
-        await _refuse(ws, error_message(exc))
-        return
-    conn = ElevenLabsConnection(hub, ws, params, voice, check_key=first_message_auth(ws))
-    await conn.run()
-
-
-def register_elevenlabs_routes(app: FastAPI, hub: Hub) -> None:
-    """Add the two ElevenLabs-compatible WebSocket routes to ``app``."""
-
-    @app.websocket("/v1/text-to-speech/{voice_id}/stream-input")
-    async def stream_input(websocket: WebSocket, voice_id: str) -> None:
-        await _serve(hub, websocket, voice_id, multi=False)
-
-    @app.websocket("/v1/text-to-speech/{voice_id}/multi-stream-input")
-    async def multi_stream_input(websocket: WebSocket, voice_id: str) -> None:
-        await _serve(hub, websocket, voice_id, multi=True)
-

@@ -11,12 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_server.api.elevenlabs_protocol import (
-    OUTPUT_FORMATS,
     Alignment,
     AudioMessage,
     CloseContext,
     CloseSocket,
-    ElevenLabsError,
     EndOfInput,
     ErrorMessage,
     FinalMessage,
@@ -27,8 +25,8 @@ from stream_server.api.elevenlabs_protocol import (
     encode_server_message,
     estimate_alignment,
     parse_client_message,
-    parse_query,
 )
+from stream_server.api.elevenlabs_query import OUTPUT_FORMATS, ElevenLabsError, parse_query
 
 
 def parse(obj: Any, *, multi: bool = True, max_chars: int = 100) -> Any:

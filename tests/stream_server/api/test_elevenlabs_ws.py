@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from stream_server.api import elevenlabs_ws
-from stream_server.api.elevenlabs_protocol import OUTPUT_FORMATS, ElevenLabsError
+from stream_server.api import elevenlabs_routes
+from stream_server.api.elevenlabs_query import OUTPUT_FORMATS, ElevenLabsError
 from tests.server_fixtures import SineBurstEngine, make_config, running_server
 from tests.stream_server.api.el_client import decode_audio, el_session, el_url
 
@@ -218,7 +218,7 @@ def test_a_pending_socket_is_authenticated_by_its_first_message(server: str, mon
         if key != "good":
             raise ElevenLabsError("unauthorized", "missing or invalid API key")
 
-    monkeypatch.setattr(elevenlabs_ws, "first_message_auth", lambda ws: only_good)
+    monkeypatch.setattr(elevenlabs_routes, "first_message_auth", lambda ws: only_good)
     ok = run(el_session(el_url(server, "low", query="output_format=pcm_16000"),
                         [{"text": " ", "xi_api_key": "good"}, {"text": "Hi. "}, {"text": ""}]))
     assert ok.close_code == 1000 and ok.audio() and seen == ["good"]  # checked once, on the first message
