@@ -233,3 +233,25 @@ def test_inactivity_timeout_closes_an_idle_socket(server: str) -> None:
     reply = run(el_session(el_url(server, "low", query="inactivity_timeout=1"), [{"text": " "}]))
     assert 0.9 < time.monotonic() - t0 < 10
     assert reply.close_code == 1000 and reply.messages[-1]["error"] == "inactivity_timeout"
+
+
+def test_livekit_plugin_message_sequence(server: str) -> None:
+    """What livekit-plugins-elevenlabs sends (its URL, context init, sentences with flush, an empty
+    flushing text, close_context), in LiveKit's default encoding with sync_alignment=true."""
+    query = ("model_id=eleven_turbo_v2_5&output_format=mp3_22050_32&enable_ssml_parsing=false"
+             "&enable_logging=true&inactivity_timeout=180&apply_text_normalization=auto&sync_alignment=true")
+    sentences = ["Hello from LiveKit.", "This is the second sentence."]
+    reply = run(el_session(el_url(server, "low", multi=True, query=query), [
+        {"text": " ", "voice_settings": {"stability": 0.71, "similarity_boost": 0.5, "speed": 1.0}, "context_id": "lk1"},
+        {"text": sentences[0] + " ", "context_id": "lk1", "flush": True},
+        {"text": sentences[1] + " ", "context_id": "lk1", "flush": True},
+        {"text": "", "context_id": "lk1", "flush": True},
+        {"context_id": "lk1", "close_context": True},
+        {"close_socket": True},
+    ]))
+    assert reply.close_code == 1000 and not reply.errors() and reply.finals() == ["lk1"]
+    audio_msgs = [m for m in reply.messages if m.get("audio")]
+    assert [("".join(m["normalizedAlignment"]["chars"])) for m in audio_msgs] == [s + " " for s in sentences]
+    samples, rate = decode_audio("mp3_22050_32", reply.audio("lk1"))
+    # each segment is its own MP3 encoder run: up to ~80 ms of priming and padding per segment
+    assert rate == 22050 and samples.shape[0] / rate == pytest.approx(expected_s(*sentences) + 0.08, abs=0.08)
