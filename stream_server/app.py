@@ -12,12 +12,12 @@ import contextlib
 import importlib.resources
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, WebSocket
+from fastapi import APIRouter, FastAPI, HTTPException, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,6 +78,7 @@ def create_app(
     replica: str = "",
     overlay: OverlayBackend | None = None,
     serve_after_warmup: bool = False,
+    extra_routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """Build the app. ``engine`` None: ``engine.factory.create_engine(config.engine)`` at start-up.
 
@@ -85,7 +86,8 @@ def create_app(
     ``replica`` names this server among several (Ray Serve): it is in ``ready``, ``/v1/info`` and
     every metric's labels. ``overlay``: a shared overlay queue (default: one of this app's own).
     ``serve_after_warmup``: the lifespan start-up waits for the warm-up (and fails with it), for
-    hosts that route traffic only after start-up (Ray Serve replicas).
+    hosts that route traffic only after start-up (Ray Serve replicas). ``extra_routers``: more
+    routes from the host (they come before the static pages).
     """
     hub = Hub(config, ServerMetrics(replica=replica), engine, engine_reason)
     hub.replica = replica
@@ -191,6 +193,8 @@ def create_app(
         await Connection(hub, websocket, uuid.uuid4().hex[:12]).run()
 
     _include_routers(app, hub, overlay)
+    for router in extra_routers:
+        app.include_router(router)
 
     web_dir = _web_demo_dir()
 

@@ -60,9 +60,13 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         """Prometheus text exposition format."""
+        return generate_latest(self.collector())
+
+    def collector(self) -> CollectorRegistry | _Labelled:
+        """What to expose: the registry, seen through the ``replica`` label when one is set."""
         if not self.replica:
-            return generate_latest(self.registry)
-        return generate_latest(_Labelled(self.registry, {"replica": self.replica}))
+            return self.registry
+        return _Labelled(self.registry, {"replica": self.replica})
 
 
 class _Labelled:

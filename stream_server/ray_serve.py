@@ -32,10 +32,14 @@ import importlib
 import logging
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from engine.base import Engine
 from engine.config import EngineConfig
@@ -49,6 +53,8 @@ NAMESPACE = "stream-tts"
 APP_NAME = "stream-tts"
 DEPLOYMENT_NAME = "StreamTTS"
 OVERLAY_ACTOR = "stream-tts-overlay"
+DIRECTORY_ACTOR = "stream-tts-replicas"
+_REPLICA_TTL_S = 30.0  # a replica missing this many seconds of health checks leaves the directory
 _POLL_S = 5.0  # overlay pages long-poll the actor this long
 _LISTENER_TTL_S = 3 * _POLL_S  # a page whose replica stopped polling is forgotten after this
 
@@ -202,17 +208,60 @@ class RayOverlay:
             await self.actor.disconnect.remote(listener)
 
 
-def overlay_actor(config: AppConfig, *, create: bool = True) -> Any:
-    """The named overlay actor, created on first use (detached: it outlives any one replica)."""
+def overlay_actor(config: AppConfig) -> Any:
+    """The named overlay actor, created on first use."""
+    s = config.server
+    return _named_actor(OverlayActorImpl, OVERLAY_ACTOR, s.overlay_queue_size, s.overlay_max_chars)
+
+
+# ---------------------------------------------------------------------------------------- directory
+class ReplicaDirectoryImpl:
+    """Which replicas are up and where their metrics are (a named actor; entries are refreshed by
+    each replica's health check, so a dead replica drops out after ``_REPLICA_TTL_S``)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[dict[str, str], float]] = {}
+
+    def heartbeat(self, replica: str, info: dict[str, str]) -> None:
+        self._entries[replica] = (info, time.monotonic())
+
+    def remove(self, replica: str) -> None:
+        self._entries.pop(replica, None)
+
+    def replicas(self) -> list[dict[str, str]]:
+        cutoff = time.monotonic() - _REPLICA_TTL_S
+        self._entries = {k: v for k, v in self._entries.items() if v[1] >= cutoff}
+        return [{"replica": k, **info} for k, (info, _) in sorted(self._entries.items())]
+
+
+def _named_actor(cls: type, name: str, *args: Any) -> Any:
+    """Get or create a named, detached helper actor (it outlives any one replica)."""
     import ray
 
-    if not create:
-        return ray.get_actor(OVERLAY_ACTOR, namespace=NAMESPACE)
-    actor_cls = ray.remote(num_cpus=0, max_restarts=-1)(OverlayActorImpl)
-    s = config.server
+    actor_cls = ray.remote(num_cpus=0, max_restarts=-1)(cls)
     return actor_cls.options(
-        name=OVERLAY_ACTOR, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
-    ).remote(s.overlay_queue_size, s.overlay_max_chars)
+        name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote(*args)
+
+
+def directory_router(directory: Any) -> APIRouter:
+    """``GET /v1/replicas`` (who serves, where each replica's metrics are) and
+    ``GET /v1/replicas/prometheus`` (the same as Prometheus HTTP service discovery targets)."""
+    router = APIRouter()
+
+    @router.get("/v1/replicas")
+    async def replicas() -> JSONResponse:
+        return JSONResponse({"replicas": await directory.replicas.remote()})
+
+    @router.get("/v1/replicas/prometheus")
+    async def prometheus_targets() -> JSONResponse:
+        entries = await directory.replicas.remote()
+        return JSONResponse([
+            {"targets": [e["metrics"]], "labels": {"replica": e["replica"], "job": "stream-tts"}}
+            for e in entries
+        ])
+
+    return router
 
 
 # ---------------------------------------------------------------------------------------- replica
@@ -234,6 +283,8 @@ class StreamTTSReplica:
         self.options = options
         self.replica_id: str = serve.get_replica_context().replica_id.unique_id
         self.hub: Any = None
+        self.directory = _named_actor(ReplicaDirectoryImpl, DIRECTORY_ACTOR)
+        self.info: dict[str, str] = {}
 
     def __serve_build_asgi_app__(self) -> Any:
         from stream_server.app import create_app
@@ -249,15 +300,30 @@ class StreamTTSReplica:
             replica=self.replica_id,
             overlay=RayOverlay(overlay_actor(self.config)),
             serve_after_warmup=True,
+            extra_routers=[directory_router(self.directory)],
         )
         self.hub = app.state.hub
+        self.info = {"metrics": self._serve_metrics()}
+        self.directory.heartbeat.remote(self.replica_id, self.info)
         return app
+
+    def _serve_metrics(self) -> str:
+        """This replica's own Prometheus endpoint (the proxy's /metrics reaches a random one)."""
+        import ray
+        from prometheus_client import start_http_server
+
+        host = self.config.server.host
+        server, _ = start_http_server(0, addr=host, registry=self.hub.metrics.collector())
+        if host in ("0.0.0.0", "::", ""):
+            host = ray.util.get_node_ip_address()
+        return f"{host}:{server.server_port}"
 
     async def check_health(self) -> None:
         """Ray's health check: a replica whose warm-up failed or whose worker died is replaced."""
         hub = self.hub
         if hub is None:
             return
+        await self.directory.heartbeat.remote(self.replica_id, self.info)
         if hub.warmup_error:
             raise RuntimeError(hub.warmup_error)
         scheduler = hub.scheduler
@@ -397,8 +463,9 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         serve.delete(APP_NAME)
-        with contextlib.suppress(Exception):
-            ray.kill(overlay_actor(config, create=False))
+        for name in (OVERLAY_ACTOR, DIRECTORY_ACTOR):
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE))
         serve.shutdown()
         ray.shutdown()
     return 0

@@ -151,6 +151,12 @@ def test_info_header_and_metrics_name_the_replica(espeak_app: int) -> None:
     assert len(seen) == 2
     metrics = _get(espeak_app, "/metrics")
     assert f'replica="{metrics.headers[REPLICA_HEADER]}"' in metrics.text
+    # each replica's own endpoint, as listed for Prometheus service discovery
+    targets = _get(espeak_app, "/v1/replicas/prometheus").json()
+    assert {t["labels"]["replica"] for t in targets} == seen
+    for t in targets:
+        own = httpx.get(f"http://{t['targets'][0]}/metrics", timeout=10).text
+        assert f'stream_tts_sessions_total{{replica="{t["labels"]["replica"]}"}}' in own
 
 
 def test_overlay_say_on_any_replica_reaches_a_page_on_another(espeak_app: int) -> None:
