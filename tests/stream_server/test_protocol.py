@@ -117,6 +117,7 @@ def test_sample_rate_without_format_is_checked_against_the_default_format() -> N
 def test_sample_rates_match_what_the_codecs_support() -> None:
     assert SAMPLE_RATES["opus"] == codec.OPUS_RATES
     assert SAMPLE_RATES["pcm_s16le"] == codec.PCM_RATES
+    assert SAMPLE_RATES["ulaw"] == SAMPLE_RATES["alaw"] == (8000,)
 
 
 @pytest.mark.parametrize(
