@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_EAGER_POINTS = ((1, 96), (1, 192), (2, 192))  # (items, frames) timed on CPU / uncompiled
+# (items, frames) timed on CPU / uncompiled, after one untimed (1, 96) step; small, because a
+# full-size step on a CPU takes seconds (the fit extrapolates by items x frames)
+_EAGER_POINTS = ((1, 48), (1, 96))
 
 
 def _dummy_items(engine: F5Engine, rows: int, frames: int) -> list[FlowItem]:
@@ -68,7 +70,7 @@ def run_warmup(engine: F5Engine) -> float:
     if engine.compiled and engine.buckets:
         _capture_graphs(engine)
     else:
-        _time_sample_step(engine, 1, _EAGER_POINTS[0][1])  # first call: lazy initialisation
+        _time_sample_step(engine, 1, 96)  # first call: lazy initialisation
         for rows, frames in _EAGER_POINTS:
             if rows <= engine.max_batch_rows:
                 engine.costs.record("sample", rows, frames, _time_sample_step(engine, rows, frames))
