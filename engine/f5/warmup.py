@@ -34,7 +34,7 @@ def _dummy_items(engine: F5Engine, rows: int, frames: int) -> list[FlowItem]:
     cond = torch.zeros(1, min(32, frames - 1), N_MELS)
     ids = torch.zeros(1, 8, dtype=torch.long)
     grid = time_grid(32)  # many steps: one item serves every timed step
-    return [engine.batch.open(cond, ids, frames, grid, 2.0, seed=i) for i in range(rows)]
+    return [engine.batch.new_item(cond, ids, frames, grid, 2.0, seed=i) for i in range(rows)]
 
 
 def _time_sample_step(engine: F5Engine, rows: int, frames: int, repeats: int = 1) -> float:
