@@ -175,7 +175,7 @@ class BatchSampler:
 
     # ------------------------------------------------------------------ items
     @torch.inference_mode()
-    def open(
+    def new_item(
         self,
         cond_mel: Tensor,
         text_ids: Tensor,

@@ -251,7 +251,7 @@ class F5Engine:
             )
         text_ids = torch.tensor([ids], dtype=torch.long)
         t1 = time.perf_counter()
-        flow = self.batch.open(ref.mel, text_ids, total, settings.grid(), settings.cfg_strength,
+        flow = self.batch.new_item(ref.mel, text_ids, total, settings.grid(), settings.cfg_strength,
                                seed=options.seed)
         gain = ref.voice.rms / TARGET_RMS if ref.voice.rms < TARGET_RMS else 1.0
         # text encoder + noise count as backbone work (as before the batching API)

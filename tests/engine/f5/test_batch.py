@@ -57,7 +57,7 @@ def _solo(model: DiT) -> list[torch.Tensor]:
 def _open(batch: BatchSampler, spec: tuple) -> FlowItem:
     cond, text = _inputs(spec)
     s: SamplerSettings = spec[3]
-    return batch.open(cond, text, spec[2], s.grid(), s.cfg_strength, seed=spec[4])
+    return batch.new_item(cond, text, spec[2], s.grid(), s.cfg_strength, seed=spec[4])
 
 
 def _run_schedule(batch: BatchSampler, rng: random.Random, stagger: bool) -> list[torch.Tensor]:

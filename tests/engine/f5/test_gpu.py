@@ -125,7 +125,7 @@ def test_batched_steps_replay_cuda_graphs_without_recompiling(reference) -> None
     with torch._dynamo.config.patch(error_on_recompile=True):
         items = []
         for n, seed, s in specs:  # one joins per step
-            items.append(batch.open(cond, text, n, s.grid(), s.cfg_strength, seed=seed))
+            items.append(batch.new_item(cond, text, n, s.grid(), s.cfg_strength, seed=seed))
             batch.step([it for it in items if not it.finished])
         while any(not it.finished for it in items):
             batch.step([it for it in items if not it.finished])
