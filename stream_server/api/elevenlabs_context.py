@@ -47,7 +47,8 @@ from stream_server.protocol import (
 from stream_server.scheduler import WorkerEvent
 from stream_server.session import Session
 
-_ENGINE_CODES = frozenset({"engine_error", "weights_not_found", "checkpoint_error", "invalid_voice", "internal_error"})
+_ENGINE_CODES = frozenset({"engine_error", "engine_fault", "out_of_memory", "weights_not_found", "checkpoint_error",
+                           "invalid_voice", "internal_error"})
 
 
 @dataclass(frozen=True)
