@@ -154,3 +154,33 @@ async def test_segments_started_on_a_lost_worker_fail_with_worker_restarted() ->
         assert pool.faults == ["timeout"] and pool.sched.job_count() == 0
     finally:
         await asyncio.to_thread(pool.sched.stop)
+
+
+def test_a_hung_segment_on_a_live_server_errs_its_session_only_and_is_counted() -> None:
+    import httpx
+
+    from stream_server.config import AppConfig, ServerConfig
+    from tests.server_fixtures import collect, running_server, ws_url
+
+    config = AppConfig(server=ServerConfig(port=0, workers=2, engine_watchdog_s=1.0))
+    with running_server(config, FaultyEngine()) as base:
+        url = ws_url(base)
+
+        async def both() -> tuple[object, object]:
+            hung = collect(url, [{"type": "text", "text": "This one will HANG."}, {"type": "flush"},
+                                 {"type": "text", "text": "Then the next turn speaks."}, {"type": "end"}],
+                           timeout_s=60)
+            fine = collect(url, [{"type": "text", "text": "A normal sentence. And another one."},
+                                 {"type": "end"}], timeout_s=60)
+            return tuple(await asyncio.gather(hung, fine))  # type: ignore[return-value]
+
+        hung, fine = asyncio.run(both())
+        metrics = httpx.get(base + "/metrics").text
+    errors = [m for m in hung.messages if m["type"] == "error"]  # type: ignore[attr-defined]
+    assert [e["code"] for e in errors] == ["engine_timeout"]
+    assert hung.messages[-1]["type"] == "done" and hung.frames  # type: ignore[attr-defined]
+    assert hung.close_code == 1000  # type: ignore[attr-defined]
+    assert not [m for m in fine.messages if m["type"] == "error"]  # type: ignore[attr-defined]
+    assert fine.messages[-1]["type"] == "done" and fine.close_code == 1000  # type: ignore[attr-defined]
+    assert 'stream_tts_engine_worker_faults_total{reason="timeout"} 1.0' in metrics
+    assert 'stream_tts_errors_total{code="engine_timeout"} 1.0' in metrics
