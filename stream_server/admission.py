@@ -7,9 +7,10 @@ second of audio (a decayed average over finished segments, timed on the engine t
 contention shows in it). Admission lets ``capacity = headroom * workers / rtf`` sessions speak at
 once; a session that is not speaking and sends text when ``load + 1 > capacity`` is refused with
 ``over_capacity`` (the text is dropped; ``retry_after_ms`` says when a speaker will be done), and a
-new connection in that state is refused with ``over_capacity`` and close 1013. Until
-``MIN_SEGMENTS`` segments are measured the capacity is unknown and everything is admitted
-(``max_sessions`` still applies). ``headroom`` 0 turns admission off.
+new connection in that state is refused with ``over_capacity`` and close 1013. Engine worker
+processes time one calibration sentence at start-up, which seeds the RTF; otherwise (the engine
+thread) the capacity is unknown until ``MIN_SEGMENTS`` segments are measured, and everything is
+admitted meanwhile (``max_sessions`` still applies). ``headroom`` 0 turns admission off.
 
 Everything here runs on the event loop; ``Admission`` itself is plain state (tested without a server).
 """
@@ -75,6 +76,13 @@ class Admission:
         self._synth = (1 - DECAY) * self._synth + DECAY * synth_s
         self._audio = (1 - DECAY) * self._audio + DECAY * audio_s
         self.segments += 1
+
+    def seed(self, audio_s: float, synth_s: float) -> None:
+        """A calibration measured at start-up (engine workers): trusted like ``MIN_SEGMENTS``
+        segments, so a burst of sessions right after start-up is already admitted against it."""
+        if audio_s > 0 and synth_s >= 0 and self.segments < MIN_SEGMENTS:
+            self._synth, self._audio = synth_s, audio_s
+            self.segments = MIN_SEGMENTS
 
     @property
     def rtf(self) -> float | None:

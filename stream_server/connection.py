@@ -166,6 +166,10 @@ class Hub:
             log.exception("engine warm-up failed")
             return
         self.warmup_s = round(time.perf_counter() - t0, 3)
+        calibrations = [c for lane in self.require_scheduler().lanes if (c := getattr(lane, "calibration", None))]
+        if calibrations and self.admission is not None:  # the slowest worker's (synth_s, audio_s)
+            synth_s, audio_s = max(calibrations, key=lambda c: c[0] / c[1])
+            self.admission.seed(audio_s, synth_s)
         self.warm = True
         self.log_ready()
 

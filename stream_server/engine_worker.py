@@ -13,7 +13,9 @@ Requests (tuples, pickled by ``multiprocessing.connection``):
   Answer ``("ok", packets, finished, synth_s)`` or ``("err", code, message)`` (the job is dropped).
 - ``("close", job_ids)``: drop cancelled jobs (their generators are closed). Answer ``("ok",)``.
 
-Start-up answers ``("ready", warmup_s)`` or ``("err", code, message)``. This module imports only
+Start-up answers ``("ready", warmup_s, calib_synth_s, calib_audio_s)`` (a calibration: one
+sentence through engine, audio post and Opus, timed, which seeds admission control's RTF before any
+real segment is measured) or ``("err", code, message)``. This module imports only
 ``engine`` modules that do not import torch (``engine.audio``, ``engine.codec``, ``engine.base``), so
 a worker starts in well under a second; the recipe's module is imported in the child.
 """
@@ -129,6 +131,27 @@ class SegmentRunner:
                     log.exception("engine generator raised on close")
 
 
+CALIBRATION_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away."
+
+
+def calibrate(runner: SegmentRunner) -> tuple[float, float]:
+    """Synthesize and encode one sentence: (wall seconds, audio seconds); (0, 0) if it fails."""
+    t0 = time.perf_counter()
+    try:
+        spec = OpenSpec(CALIBRATION_TEXT, runner.engine.default_voice, SynthOptions(), "pcm_s16le",
+                        runner.engine.sample_rate, False)
+        runner.open(-1, spec)
+        n_bytes = 0
+        finished = False
+        while not finished:
+            packets, finished = runner.step(-1, 1.0, 1.0)
+            n_bytes += sum(len(p) for p in packets)
+    except Exception:
+        log.exception("calibration failed")
+        return 0.0, 0.0
+    return time.perf_counter() - t0, n_bytes / 2 / runner.engine.sample_rate
+
+
 def _answer(runner: SegmentRunner, request: tuple[Any, ...]) -> tuple[Any, ...]:
     kind = request[0]
     if kind == "close":
@@ -162,8 +185,9 @@ def worker_main(conn: Connection, recipe: EngineRecipe, audio: AudioConfig) -> N
     except Exception as exc:
         conn.send(("err", "internal_error", f"engine worker failed to start: {exc}"))
         return
-    conn.send(("ready", warmup_s))
     runner = SegmentRunner(engine, audio)
+    calib_synth_s, calib_audio_s = calibrate(runner)
+    conn.send(("ready", warmup_s, calib_synth_s, calib_audio_s))
     while True:
         try:
             request = conn.recv()

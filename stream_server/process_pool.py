@@ -107,6 +107,7 @@ class ProcessLane:
         self.on_fault = on_fault or (lambda reason: None)
         self.restarts = 0
         self.epoch = 0  # bumped each time the worker is lost: jobs opened before are gone
+        self.calibration: tuple[float, float] | None = None  # (synth_s, audio_s) at first start
         self._ctx = _context(recipe)
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
@@ -136,6 +137,8 @@ class ProcessLane:
             self._kill()
             raise RemoteEngineError(answer[1], answer[2])
         log.debug("%s ready (pid %s, warm-up %.2f s)", self.name, proc.pid, answer[1])
+        if self.calibration is None and answer[3] > 0:
+            self.calibration = (answer[2], answer[3])
 
     def stop(self) -> None:
         if self._conn is not None:

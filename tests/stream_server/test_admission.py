@@ -129,3 +129,12 @@ def test_a_server_at_capacity_refuses_new_turns_and_sessions_and_counts_them() -
         assert 'stream_tts_admission_refusals_total{reason="turn"} 1.0' in metrics
         assert 'stream_tts_admission_refusals_total{reason="session"} 1.0' in metrics
         assert "stream_tts_capacity_sessions 2.0" in metrics
+
+
+def test_a_start_up_calibration_seeds_the_capacity_until_segments_take_over() -> None:
+    adm = Admission(2, 0.5)
+    adm.seed(audio_s=4.0, synth_s=0.4)
+    assert adm.rtf == pytest.approx(0.1) and adm.capacity() == pytest.approx(10.0)
+    for _ in range(300):
+        adm.observe(audio_s=1.0, synth_s=0.2)
+    assert adm.rtf == pytest.approx(0.2, rel=1e-3)
