@@ -93,6 +93,7 @@ class Hub:
         self.metrics = metrics
         self.engine = engine
         self.engine_reason = engine_reason
+        self.replica = ""  # this server's name among several (Ray Serve replicas); "" alone
         self.scheduler: Scheduler | None = None
         self.admission: Admission | None = None
         self.connections: set[Connection] = set()
@@ -124,6 +125,7 @@ class Hub:
             sample_rate=eng.sample_rate,
             default_voice=eng.default_voice,
             voice_names=lambda: {v.name for v in eng.voices()},
+            replica=self.replica,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -211,6 +211,10 @@ class Scheduler:
             if thread.is_alive():
                 log.error("engine worker %s did not stop within %.0f s", thread.name, timeout_s)
 
+    def alive(self) -> bool:
+        """The worker thread is running (health checks)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         """Run ``fn`` on the first lane's thread between chunks (warm-up); await it with wrap_future."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
