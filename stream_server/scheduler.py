@@ -212,8 +212,8 @@ class Scheduler:
                 log.error("engine worker %s did not stop within %.0f s", thread.name, timeout_s)
 
     def alive(self) -> bool:
-        """The worker thread is running (health checks)."""
-        return self._thread is not None and self._thread.is_alive()
+        """Every lane's worker thread is running (health checks)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         """Run ``fn`` on the first lane's thread between chunks (warm-up); await it with wrap_future."""
