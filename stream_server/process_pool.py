@@ -39,9 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # One step runs engine chunks until this much audio is encoded (or the segment ends): fewer round
-# trips than one per 60 ms chunk, still fine-grained for EDF. A listener waiting for the first audio
-# of its session gets exactly one chunk.
-STEP_AUDIO_S = 0.24
+# trips than one per 60 ms chunk (each costs a wake-up of the worker and of its lane thread), still
+# fine-grained for EDF. A listener waiting for the first audio of its session gets exactly one chunk.
+# Not tuned on a quiet machine: 0.24 and 1.0 were tried on an overloaded one (docs/PERFORMANCE.md).
+STEP_AUDIO_S = 0.5
 STEP_BUDGET_S = 0.02  # ... or until this much wall time is spent in the step
 _START_TIMEOUT_S = 120.0  # worker start-up (engine build + warm-up)
 _PRELOAD = ["stream_server.worker_preload"]
