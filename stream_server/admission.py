@@ -10,7 +10,9 @@ once; a session that is not speaking and sends text when ``load + 1 > capacity``
 new connection in that state is refused with ``over_capacity`` and close 1013. Engine worker
 processes time one calibration sentence at start-up, which seeds the RTF; otherwise (the engine
 thread) the capacity is unknown until ``MIN_SEGMENTS`` segments are measured, and everything is
-admitted meanwhile (``max_sessions`` still applies). ``headroom`` 0 turns admission off.
+admitted meanwhile (``max_sessions`` still applies). Independently of the estimate, while the scheduler has missed a
+playing session's deadline (its client ran dry) within ``BEHIND_WINDOW_S``, the server is behind
+real time by definition and refuses too. ``headroom`` 0 turns admission off.
 
 Everything here runs on the event loop; ``Admission`` itself is plain state (tested without a server).
 """
@@ -29,6 +31,7 @@ DECAY = 0.05  # weight of the newest segment in the decayed sums
 RETRY_MIN_MS = 250
 RETRY_MAX_MS = 10_000
 RETRY_DEFAULT_MS = 1_000
+BEHIND_WINDOW_S = 2.0  # a missed deadline this recent means the server is behind real time
 
 
 @dataclass(frozen=True)
@@ -98,26 +101,28 @@ class Admission:
             return math.inf
         return self.headroom * self.workers / max(rtf, 1e-6)
 
-    def check(self, reason: str, load: int, retry_after_s: float | None) -> Refusal | None:
+    def check(self, reason: str, load: int, retry_after_s: float | None, *, behind: bool = False
+              ) -> Refusal | None:
         """Admit one more speaking session on top of ``load``, or say why not (and count it)."""
         capacity = self.capacity()
-        if load + 1 <= capacity:
+        if self.headroom <= 0 or (load + 1 <= capacity and not behind):
             return None
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
         self.on_refusal(reason)
         retry_ms = RETRY_DEFAULT_MS if retry_after_s is None else round(retry_after_s * 1000)
         retry_ms = min(RETRY_MAX_MS, max(RETRY_MIN_MS, retry_ms))
-        message = (
-            f"server at capacity ({load} sessions speaking, capacity {capacity:.0f}); "
-            f"retry in {retry_ms} ms"
-        )
+        state = "behind real time" if behind else f"at capacity (capacity {capacity:.0f})"
+        message = f"server {state} with {load} sessions speaking; retry in {retry_ms} ms"
         return Refusal(reason, message, retry_ms)
 
 
-    def admit(self, reason: str, speakers: Iterable[Speaker], now: float) -> Refusal | None:
+    def admit(self, reason: str, speakers: Iterable[Speaker], now: float, *, behind: bool = False
+              ) -> Refusal | None:
         """``check`` against the sessions speaking now; the retry hint is the soonest moment one of
-        them (with nothing left to synthesize) has played all its audio."""
-        if math.isinf(self.capacity()):
+        them (with nothing left to synthesize) has played all its audio. ``behind``: the engine
+        missed a playing session's deadline within ``BEHIND_WINDOW_S``; whatever the estimate
+        says, the server is past real time and refuses (while admission is on)."""
+        if self.headroom <= 0 or (math.isinf(self.capacity()) and not behind):
             return None
         load, soonest = 0, None
         for s in speakers:
@@ -127,11 +132,11 @@ class Admission:
             left = s.playback_left_s(now)
             if left is not None and (soonest is None or left < soonest):
                 soonest = left
-        return self.check(reason, load, soonest)
+        return self.check(reason, load, soonest, behind=behind)
 
 
-def register_metrics(registry: CollectorRegistry, admission: Admission, load: Callable[[], int]
-                     ) -> Callable[[str], None]:
+def register_metrics(registry: CollectorRegistry, admission: Admission, load: Callable[[], int],
+                     misses: Callable[[], int]) -> Callable[[str], None]:
     """Export capacity, load, refusals and engine worker faults; returns the fault counter's
     ``inc(reason)`` for the process lanes (``"timeout"`` / ``"crash"``)."""
     Gauge("stream_tts_engine_workers", "Engine lanes (worker processes, or 1 engine thread)",
@@ -143,6 +148,9 @@ def register_metrics(registry: CollectorRegistry, admission: Admission, load: Ca
           registry=registry).set_function(admission.capacity)
     Gauge("stream_tts_load_sessions", "Sessions speaking now (turn in progress or audio playing)",
           registry=registry).set_function(load)
+    Gauge("stream_tts_deadline_misses",
+          "Segments picked after their playing client had run dry (since start; behind real time)",
+          registry=registry).set_function(misses)
     refusals = Counter("stream_tts_admission_refusals", "Sessions or turns refused with over_capacity",
                        ["reason"], registry=registry)
     for reason in admission.refusals:

@@ -17,7 +17,13 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from engine.base import Engine
 from stream_server.actions import Action, CancelJobs, Close, OutItem, Send, Submit
-from stream_server.admission import Admission, Refusal, register_metrics, speaking_load
+from stream_server.admission import (
+    BEHIND_WINDOW_S,
+    Admission,
+    Refusal,
+    register_metrics,
+    speaking_load,
+)
 from stream_server.config import AppConfig
 from stream_server.errors import CLOSE_INTERNAL_ERROR, ProtocolError, SessionLimitError
 from stream_server.metrics import ServerMetrics
@@ -133,7 +139,8 @@ class Hub:
         engine = self.require_engine()
         admission = Admission(1, s.admission_headroom)
         on_fault = register_metrics(
-            self.metrics.registry, admission, lambda: speaking_load(self.connections, time.monotonic())
+            self.metrics.registry, admission, lambda: speaking_load(self.connections, time.monotonic()),
+            lambda: self.scheduler.deadline_misses if self.scheduler else 0,
         )
         lanes = build_lanes(engine, self.config, on_fault)  # None: the one engine thread
         admission.workers = len(lanes) if lanes else 1
@@ -149,7 +156,9 @@ class Hub:
         if self.admission is None:
             return None
         others = (c for c in self.connections if c is not asking)
-        return self.admission.admit(reason, others, time.monotonic())
+        now = time.monotonic()
+        behind = now - self.require_scheduler().last_miss_s < BEHIND_WINDOW_S
+        return self.admission.admit(reason, others, now, behind=behind)
 
     def stop(self) -> None:
         """Join the worker thread (blocking: call through asyncio.to_thread)."""

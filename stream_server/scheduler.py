@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -150,6 +151,12 @@ def pick_next(channels: Iterable[Channel], max_ahead_s: float, lane: int | None 
     return best
 
 
+def missed_deadline(channel: Channel, now: float) -> bool:
+    """A playing session (past its start-up cushion) whose client has run dry by ``now``: the
+    server is behind real time."""
+    return channel.clock_start is not None and channel.produced_s >= STARTUP_CUSHION_S and now > channel.deadline()
+
+
 class Scheduler:
     """Owns the engine worker thread(s).
 
@@ -171,6 +178,8 @@ class Scheduler:
         self._threads: list[threading.Thread] = []
         self._ready: concurrent.futures.Future[float] = concurrent.futures.Future()
         self._n_ready = 0
+        self.deadline_misses = 0  # jobs picked after their playing client had run dry
+        self.last_miss_s = -math.inf  # monotonic time of the latest miss (admission control)
         self._cond = threading.Condition()
         self._channels: list[Channel] = []
         self._n_jobs = 0
@@ -314,6 +323,10 @@ class Scheduler:
             return None
         job.running = True
         job.lane = lane.index
+        now = time.monotonic()
+        if missed_deadline(job.channel, now):
+            self.deadline_misses += 1
+            self.last_miss_s = now
         # nothing of this session is playing: its listener waits for this
         return job, job.channel.clock_start is None
 

@@ -138,3 +138,23 @@ def test_a_start_up_calibration_seeds_the_capacity_until_segments_take_over() ->
     for _ in range(300):
         adm.observe(audio_s=1.0, synth_s=0.2)
     assert adm.rtf == pytest.approx(0.2, rel=1e-3)
+
+
+def test_behind_real_time_refuses_whatever_the_estimate_unless_admission_is_off() -> None:
+    unknown = Admission(2, 0.7)  # no measurement yet: capacity unknown
+    assert unknown.admit("turn", [], 0.0) is None
+    refusal = unknown.admit("turn", [], 0.0, behind=True)
+    assert refusal is not None and "behind real time" in refusal.message
+    assert measured(2, 0.7, 0.01).admit("turn", [], 0.0, behind=True) is not None
+    assert Admission(2, 0.0).admit("turn", [], 0.0, behind=True) is None
+
+
+def test_a_missed_deadline_is_a_playing_client_run_dry() -> None:
+    from stream_server.scheduler import STARTUP_CUSHION_S, Channel, missed_deadline
+
+    ch = Channel("s", lambda event: None)
+    assert not missed_deadline(ch, 100.0)  # not playing yet
+    ch.clock_start, ch.produced_s = 10.0, 2.0  # the client plays until 12.0
+    assert not missed_deadline(ch, 11.9) and missed_deadline(ch, 12.1)
+    ch.produced_s = STARTUP_CUSHION_S / 2  # still in its start-up cushion: deadline = arrival
+    assert not missed_deadline(ch, 100.0)
