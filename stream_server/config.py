@@ -56,6 +56,10 @@ class ServerConfig:
     # admission control: a new session or turn is refused with over_capacity when the sessions
     # speaking would need more than this fraction of the measured synthesis capacity; 0 = off
     admission_headroom: float = 0.7
+    # ElevenLabs-compatible API: estimated per-character alignment with the audio (each segment's
+    # audio then waits until the segment is synthesized) when the client asks (sync_alignment=true)
+    # or always (for clients such as Pipecat that use it but cannot ask)
+    elevenlabs_alignment: Literal["requested", "always"] = "requested"
 
     def __post_init__(self) -> None:
         positive = (

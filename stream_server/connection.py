@@ -12,6 +12,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import WebSocket, WebSocketDisconnect
 
@@ -91,6 +92,14 @@ class Outbox:
         return self._items.popleft()
 
 
+class OpenConnection(Protocol):
+    """What ``Hub`` needs of an open WebSocket of any API (``/v1/stream``, ``stream_server.api``)."""
+
+    finished: asyncio.Event
+
+    def shutdown(self) -> None: ...
+
+
 class Hub:
     """App-wide state shared by all connections."""
 
@@ -102,7 +111,7 @@ class Hub:
         self.replica = ""  # this server's name among several (Ray Serve replicas); "" alone
         self.scheduler: Scheduler | None = None
         self.admission: Admission | None = None
-        self.connections: set[Connection] = set()
+        self.connections: set[OpenConnection] = set()
         self.warm = False
         self.warmup_s: float | None = None
         self.warmup_error: str | None = None
@@ -139,7 +148,7 @@ class Hub:
         engine = self.require_engine()
         admission = Admission(1, s.admission_headroom)
         on_fault = register_metrics(
-            self.metrics.registry, admission, lambda: speaking_load(self.connections, time.monotonic()),
+            self.metrics.registry, admission, lambda: speaking_load(self._speakers(), time.monotonic()),
             lambda: self.scheduler.deadline_misses if self.scheduler else 0,
         )
         lanes = build_lanes(engine, self.config, on_fault)  # None: the one engine thread
@@ -151,11 +160,15 @@ class Hub:
         )
         self.scheduler.start(loop)
 
+    def _speakers(self) -> list[Connection]:
+        """The ``/v1/stream`` sessions (the other APIs' connections are not counted as load)."""
+        return [c for c in self.connections if isinstance(c, Connection)]
+
     def admit(self, reason: str, asking: Connection | None = None) -> Refusal | None:
         """Admission control for a new session (``asking`` None) or a new turn of ``asking``."""
         if self.admission is None:
             return None
-        others = (c for c in self.connections if c is not asking)
+        others = (c for c in self._speakers() if c is not asking)
         now = time.monotonic()
         behind = now - self.require_scheduler().last_miss_s < BEHIND_WINDOW_S
         return self.admission.admit(reason, others, now, behind=behind)

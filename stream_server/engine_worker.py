@@ -65,6 +65,7 @@ class OpenSpec:
     format: str
     sample_rate: int
     fast_start: bool
+    bitrate: int | None = None
 
 
 @dataclass(eq=False)
@@ -89,7 +90,7 @@ class SegmentRunner:
 
     def open(self, job_id: int, spec: OpenSpec) -> None:
         a, rate = self.audio, self.engine.sample_rate
-        encoder = make_encoder(spec.format, spec.sample_rate, a, rate)
+        encoder = make_encoder(spec.format, spec.sample_rate, a, rate, bitrate=spec.bitrate)
         shaper = SegmentShaper(rate, a.fade_in_ms, a.fade_out_ms, a.pause_ms)
         gen = iter(self.engine.synthesize(spec.text, spec.voice, spec.options, fast_start=spec.fast_start))
         self.segments[job_id] = _Segment(gen, shaper, encoder)

@@ -81,7 +81,7 @@ class ThreadLane:
         req = job.request
         if job.gen is None:
             a, rate = self.audio, self.engine.sample_rate
-            job.encoder = make_encoder(req.format, req.sample_rate, a, rate)
+            job.encoder = make_encoder(req.format, req.sample_rate, a, rate, bitrate=req.bitrate)
             job.shaper = SegmentShaper(rate, a.fade_in_ms, a.fade_out_ms, a.pause_ms)
             job.gen = iter(self.engine.synthesize(req.text, req.voice, req.options, fast_start=fast_start))
         assert job.shaper is not None

@@ -152,7 +152,7 @@ class ProcessLane:
         spec = None
         if job.worker_epoch is None:
             r = job.request
-            spec = OpenSpec(r.text, r.voice, r.options, r.format, r.sample_rate, fast_start)
+            spec = OpenSpec(r.text, r.voice, r.options, r.format, r.sample_rate, fast_start, r.bitrate)
             job.worker_epoch = self.epoch
         elif job.worker_epoch != self.epoch:
             raise RemoteEngineError("worker_restarted", "the engine worker of this segment was lost")

@@ -33,6 +33,7 @@ import numpy as np
 
 from engine.audio import SegmentShaper
 from engine.base import Engine, EngineError, SynthOptions
+from engine.codec import encoded_seconds
 from engine.config import AudioConfig
 from stream_server.errors import SessionLimitError
 from stream_server.lanes import Lane, ThreadLane, WorkerLost
@@ -55,8 +56,9 @@ class SynthRequest:
     text: str
     voice: str
     options: SynthOptions
-    format: str  # "opus" | "pcm_s16le"
+    format: str  # "opus" | "pcm_s16le" | "ulaw" | "alaw" (| "mp3" | "ogg_opus": ElevenLabs API)
     sample_rate: int  # output rate of the encoder, Hz
+    bitrate: int | None = None  # bit/s for opus / mp3 / ogg_opus; None = the format's default
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,8 @@ class _Job:
 
 
 def packet_seconds(request: SynthRequest, packet: bytes, frame_ms: float) -> float:
-    """Duration of one binary audio message: an Opus packet is one frame; PCM is 2 bytes/sample."""
-    if request.format == "opus":
-        return frame_ms / 1000.0
-    return len(packet) / 2 / request.sample_rate
+    """Duration of one binary audio message (``engine.codec.encoded_seconds``)."""
+    return encoded_seconds(request.format, request.sample_rate, packet, frame_ms)
 
 
 def pick_next(channels: Iterable[Channel], max_ahead_s: float, lane: int | None = None) -> _Job | None:
