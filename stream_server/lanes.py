@@ -57,6 +57,9 @@ class Lane(Protocol):
     def close_jobs(self, jobs: list[_Job]) -> None:
         """Drop the state of cancelled jobs pinned to this lane."""
 
+    def recover(self) -> None:
+        """Between jobs: replace a lost worker now (never raises; retried later on failure)."""
+
     def stop(self) -> None:
         """Release the lane's resources (called by its thread on the way out)."""
 
@@ -75,6 +78,9 @@ class ThreadLane:
         pass
 
     def stop(self) -> None:
+        pass
+
+    def recover(self) -> None:
         pass
 
     def advance(self, job: _Job, fast_start: bool) -> tuple[list[bytes], bool]:

@@ -9,7 +9,7 @@ nothing queues without bound; the parent thread only pickles requests and unpick
 Faults (issue 10): an answer slower than ``watchdog_s`` means the engine hangs: the process is
 killed, the running segment fails with ``engine_timeout`` and every other segment started on that
 process with ``worker_restarted``; a process that dies (EOF on its pipe) fails them the same way with
-``worker_crashed``. The lane starts a fresh process before its next step; other lanes go on.
+``worker_crashed``. The lane forks a replacement at once, before it picks its next job; other lanes go on.
 
 Processes come from the ``forkserver`` context with ``stream_server.engine_worker`` (and the recipe's
 module) preloaded, so a replacement forks from a warm, torch-free template in milliseconds rather
@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 STEP_AUDIO_S = 0.5
 STEP_BUDGET_S = 0.02  # ... or until this much wall time is spent in the step
 _START_TIMEOUT_S = 120.0  # worker start-up (engine build + warm-up)
+_RETRY_S = 1.0  # a failed replacement is retried after this
 _PRELOAD = ["stream_server.worker_preload"]
 
 
@@ -109,6 +111,7 @@ class ProcessLane:
         self.restarts = 0
         self.epoch = 0  # bumped each time the worker is lost: jobs opened before are gone
         self.calibration: tuple[float, float] | None = None  # (synth_s, audio_s) at first start
+        self._retry_at = 0.0  # monotonic time of the next replacement attempt after a failed one
         self._ctx = _context(recipe)
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
@@ -170,6 +173,14 @@ class ProcessLane:
                 self._request(("close", ids))
             except WorkerLost:
                 pass  # their state is gone with the worker anyway
+
+    def recover(self) -> None:
+        if self._conn is not None or time.monotonic() < self._retry_at:
+            return
+        try:
+            self._replace()
+        except WorkerLost:
+            self._retry_at = time.monotonic() + _RETRY_S
 
     def _request(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
         if self._conn is None:

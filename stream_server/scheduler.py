@@ -336,6 +336,7 @@ class Scheduler:
         if not self._start_lane(lane):
             return
         while True:
+            lane.recover()  # a worker lost in the last step is replaced before the next pick
             with self._cond:
                 while True:
                     to_close = [j for j in self._to_close if j.lane == lane.index and not j.running]
