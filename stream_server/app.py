@@ -178,16 +178,19 @@ def create_app(
     async def stream(websocket: WebSocket) -> None:
         await websocket.accept()
         refusal = None
+        retry_ms = None
         if hub.shutting_down:
             refusal = ("shutting_down", "server is shutting down", CLOSE_GOING_AWAY)
         elif len(hub.connections) >= config.server.max_sessions:
             hub.metrics.rejected_sessions.inc()
             refusal = ("overloaded", "too many sessions; try again later", CLOSE_TRY_AGAIN_LATER)
+        elif (over := hub.admit("session")) is not None:
+            refusal, retry_ms = (over.code, over.message, CLOSE_TRY_AGAIN_LATER), over.retry_after_ms
         if refusal is not None:
             code, message, close_code = refusal
             hub.metrics.observe_error(code)
             with contextlib.suppress(Exception):
-                await websocket.send_text(encode_server_message(Error(code, message)))
+                await websocket.send_text(encode_server_message(Error(code, message, retry_ms)))
                 await websocket.close(close_code, code)
             return
         await Connection(hub, websocket, uuid.uuid4().hex[:12]).run()

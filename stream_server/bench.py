@@ -9,6 +9,8 @@ close, then decodes them and simulates playback. Per level it reports, with p50/
   chunker with the default ``ChunkerConfig``, the server's default; or ``end`` when no segment
   completes earlier) -> first audio frame;
 - server TTFA (``done.ttfa_ms``), utterance and segment RTF (``done`` / ``segment_done``);
+- refusals: sessions or turns the server refused (``overloaded``, ``over_capacity``: admission
+  control), counted apart from errors and not measured;
 - playback underruns: playback starts when the first frame arrives and plays frames back to back;
   a frame that arrives after the moment it should start playing is an underrun (playback stalls
   until it arrives; the stall adds to ``stall_ms``).
@@ -48,6 +50,10 @@ DEFAULT_TEXTS = Path(__file__).parent / "data" / "bench_texts.txt"
 _CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
 # LLM-like tokens: a CJK character, or a run of other non-space characters, with leading spaces
 _TOKEN = re.compile(rf"\s*(?:[{_CJK}]|[^\s{_CJK}]+)|\s+$")
+
+
+# the server refused the session or turn (max_sessions / admission control): counted as refusals
+REFUSAL_CODES = frozenset({"overloaded", "over_capacity"})
 
 
 class BenchError(Exception):
@@ -101,6 +107,8 @@ async def run_client(
                         res.server_ttfa_ms = msg.get("ttfa_ms")
                         res.rtf = msg.get("rtf")
                         res.audio_ms = msg.get("audio_ms")
+                    elif msg.get("type") == "error" and msg.get("code") in REFUSAL_CODES:
+                        res.refused = res.refused or str(msg.get("code"))
                     elif msg.get("type") == "error" and res.error is None:
                         res.error = f"{msg.get('code')}: {msg.get('message')}"
 
@@ -122,13 +130,17 @@ async def run_client(
                 if math.isnan(t_sentence):
                     t_sentence = time.perf_counter()  # end flushes the only sentence
                 await asyncio.wait_for(asyncio.shield(reader), timeout_s)
-                if res.audio_ms is None and res.error is None:
+                if res.audio_ms is None and res.error is None and res.refused is None:
                     res.error = "the server closed the session without a done message"
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
     except (OSError, TimeoutError, WebSocketException, json.JSONDecodeError) as exc:
-        res.error = res.error or f"{type(exc).__name__}: {exc}"
+        rcvd = getattr(exc, "rcvd", None)  # a refused session is closed with 1013 and its code
+        if res.refused is None and rcvd is not None and rcvd.reason in REFUSAL_CODES:
+            res.refused = rcvd.reason
+        if res.refused is None:
+            res.error = res.error or f"{type(exc).__name__}: {exc}"
     res.wall_ms = (time.perf_counter() - t0) * 1000.0
     res.frames = len(packets)
     if arrivals:

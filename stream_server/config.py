@@ -51,6 +51,16 @@ class ServerConfig:
     overlay_queue_size: int = 32
     overlay_max_chars: int = 500
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # engine worker processes for CPU engines (eSpeak), each with its own audio post and encoders:
+    # 0 = one per CPU core; 1 = everything on one engine thread in the server process (engines
+    # without a worker recipe, e.g. F5 on its device, always run there)
+    workers: int = 0
+    # a worker process that takes longer than this for one step (about one engine chunk) is killed
+    # and replaced; its segment fails with engine_timeout
+    engine_watchdog_s: float = 10.0
+    # admission control: a new session or turn is refused with over_capacity when the sessions
+    # speaking would need more than this fraction of the measured synthesis capacity; 0 = off
+    admission_headroom: float = 0.7
     # ElevenLabs-compatible API: estimated per-character alignment with the audio (each segment's
     # audio then waits until the segment is synthesized) when the client asks (sync_alignment=true)
     # or always (for clients such as Pipecat that use it but cannot ask)
@@ -67,6 +77,7 @@ class ServerConfig:
             "warmup_timeout_s",
             "overlay_queue_size",
             "overlay_max_chars",
+            "engine_watchdog_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -75,6 +86,10 @@ class ServerConfig:
             raise ValueError(f"server.port must be 0..65535, got {self.port}")
         if self.batch_marginal_ratio < 0 or self.batch_ride_along_ratio < 0:
             raise ValueError("server.batch_marginal_ratio and batch_ride_along_ratio must be >= 0")
+        if self.workers < 0:
+            raise ValueError(f"server.workers must be >= 0 (0 = one per CPU core), got {self.workers}")
+        if not 0.0 <= self.admission_headroom <= 1.0:
+            raise ValueError(f"server.admission_headroom must be 0..1, got {self.admission_headroom}")
         if self.max_protocol_errors < 0:
             raise ValueError("server.max_protocol_errors must be >= 0")
         if self.max_message_chars > self.max_session_chars:
