@@ -382,7 +382,7 @@ def make_encoder(
     if fmt in ("ulaw", "alaw"):
         from engine.g711 import G711Encoder
 
-        law = "ulaw" if fmt == "ulaw" else "alaw"
+        law: Literal["ulaw", "alaw"] = "ulaw" if fmt == "ulaw" else "alaw"
         return G711Encoder(law, in_rate=in_rate, out_rate=out_rate, chunk_ms=audio.frame_ms)
     if fmt == "mp3":
         from engine.av_encoders import Mp3FrameEncoder
