@@ -23,9 +23,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from engine.base import Engine
+from stream_server import live_metrics
 from stream_server.config import AppConfig
 from stream_server.connection import Connection, Hub
+from stream_server.drain import DrainGate, DrainingServer
 from stream_server.errors import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
+from stream_server.handshake import head_timeout_protocol
 from stream_server.metrics import ServerMetrics
 from stream_server.protocol import PROTOCOL_VERSION, SAMPLE_RATES, Error, encode_server_message
 
@@ -54,6 +57,7 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
     ``/healthz`` answers 503 until the engine's warm-up (run on the worker thread) is done.
     """
     hub = Hub(config, ServerMetrics(), engine, engine_reason)
+    loop_lag = live_metrics.install(hub)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,10 +66,12 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
 
             hub.engine, hub.engine_reason = await asyncio.to_thread(create_engine, config.engine)
         hub.start(asyncio.get_running_loop())
+        loop_lag.start()
         warm = asyncio.create_task(hub.warm_up(), name="warm-up")
         try:
             yield
         finally:
+            await loop_lag.stop()
             warm.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm
@@ -74,9 +80,12 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
 
     app = FastAPI(title="stream-tts", version=str(PROTOCOL_VERSION), lifespan=lifespan)
     app.state.hub = hub
+    app.add_middleware(DrainGate, hub=hub)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
+        if hub.draining or hub.shutting_down:
+            return JSONResponse({"status": "draining", "sessions": len(hub.connections)}, status_code=503)
         if not hub.warm:
             body = {"status": "error" if hub.warmup_error else "warming_up", "error": hub.warmup_error}
             return JSONResponse(body, status_code=503)
@@ -134,7 +143,7 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
     async def stream(websocket: WebSocket) -> None:
         await websocket.accept()
         refusal = None
-        if hub.shutting_down:
+        if hub.shutting_down or hub.draining:
             refusal = ("shutting_down", "server is shutting down", CLOSE_GOING_AWAY)
         elif len(hub.connections) >= config.server.max_sessions:
             hub.metrics.rejected_sessions.inc()
@@ -142,6 +151,7 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
         if refusal is not None:
             code, message, close_code = refusal
             hub.metrics.observe_error(code)
+            hub.metrics.observe_refusal(code)
             with contextlib.suppress(Exception):
                 await websocket.send_text(encode_server_message(Error(code, message)))
                 await websocket.close(close_code, code)
@@ -172,8 +182,12 @@ def _include_routers(app: FastAPI, hub: Hub) -> None:
     app.include_router(create_overlay_router(hub.config.server))
 
 
-class StreamServer(uvicorn.Server):
-    """uvicorn's server, telling open sessions ``shutting_down`` (close 1001) before it stops."""
+class StreamServer(DrainingServer):
+    """uvicorn's server, telling open sessions ``shutting_down`` (close 1001) before it stops;
+    SIGTERM/SIGINT drain first (``stream_server.drain``)."""
+
+    def drain_hub(self) -> Hub | None:
+        return _hub_of(self.config.app)
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
@@ -199,6 +213,13 @@ def _hub_of(app: Any) -> Hub | None:
 
 def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> StreamServer:
     """A uvicorn server for the app (websockets-sansio implementation, lifespan on)."""
+    hub = _hub_of(app)
+    # HTTP responses still running after the drain get this long before they are cancelled
+    uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 3)
+    uvicorn_kwargs.setdefault("http", head_timeout_protocol(
+        config.server.handshake_timeout_s,
+        (lambda: hub.metrics.observe_refusal("handshake_timeout")) if hub is not None else (lambda: None),
+    ))
     cfg = uvicorn.Config(
         app,
         host=config.server.host,
@@ -208,7 +229,6 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
         log_level=config.server.log_level,
         **uvicorn_kwargs,
     )
-    hub = _hub_of(app)
     if hub is not None:
         hub.expect_bind = True
     return StreamServer(cfg)

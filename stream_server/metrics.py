@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 # Server TTFA: tens of ms on CPU with eSpeak; hundreds with F5 under load.
 _TTFA_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
@@ -38,6 +45,12 @@ class ServerMetrics:
             "stream_tts_synth_seconds", "Engine-thread seconds spent synthesizing", registry=r
         )
         self.errors = Counter("stream_tts_errors", "Errors sent to clients", ["code"], registry=r)
+        # reliability (docs/RELIABILITY.md); live gauges (queues, outboxes, tasks) in live_metrics
+        self.refusals = Counter(
+            "stream_tts_refusals", "Connections or sessions refused or cut before they started, by reason",
+            ["reason"], registry=r,
+        )
+        self.process = ProcessCollector(registry=r)  # process_resident_memory_bytes, _open_fds, ...
 
     def observe_ttfa(self, seconds: float) -> None:
         self.ttfa.observe(seconds)
@@ -51,6 +64,9 @@ class ServerMetrics:
 
     def observe_error(self, code: str) -> None:
         self.errors.labels(code=code).inc()
+
+    def observe_refusal(self, reason: str) -> None:
+        self.refusals.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         """Prometheus text exposition format."""
