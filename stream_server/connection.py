@@ -281,6 +281,8 @@ class Connection:
             except TimeoutError:
                 if new:
                     s = self.hub.config.server.start_timeout_s
+                    self.hub.metrics.observe_error("start_timeout")
+                    self.hub.metrics.observe_refusal("start_timeout")
                     self._apply(session.close_with("start_timeout", f"no start or text within {s:g} s"))
                 elif session.idle and session.phase is not Phase.CLOSED:
                     self._apply(session.close_with("idle_timeout", f"no message for {idle_s:g} s"))
