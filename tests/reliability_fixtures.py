@@ -197,11 +197,14 @@ class RawWebSocket:
                     code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                     with _suppress_conn():
                         await self.send_frame(OP_CLOSE, payload[:2])
-                    self.close()
+                    await self.aclose()
                     return messages, frames, code
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Close the TCP connection and wait until it is closed (no transport left for the GC)."""
         self.writer.close()
+        with _suppress_conn():
+            await self.writer.wait_closed()
 
 
 def _mask_fast(payload: bytes, key: bytes) -> bytes:

@@ -5,6 +5,7 @@ connection), a WebSocket that never sends ``start`` or text."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -33,6 +34,12 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> tuple[bytes, float]
     return data, time.monotonic() - t0
 
 
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 async def _settled(url: str, app: object) -> None:
     """No session and no extra task left on the server (tasks: this scrape's request only)."""
     hub = app.state.hub  # type: ignore[attr-defined]
@@ -49,7 +56,7 @@ async def test_a_connection_without_a_whole_request_head_is_closed(
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     writer.write(sent)
     data, took = await _closed_by_server(reader)
-    writer.close()
+    await _close(writer)
     after = await scrape(url)
     assert data == b""  # closed without an answer: there was no request to answer
     assert TIMEOUT_S * 0.8 <= took < TIMEOUT_S + 5.0
@@ -68,7 +75,7 @@ async def test_a_stalled_second_request_on_a_keep_alive_connection_is_closed(ser
     assert head.startswith(b"HTTP/1.1 200")
     writer.write(b"GET /healthz HTTP/1.1\r\nHo")  # the next request stops half-way
     data, took = await _closed_by_server(reader)
-    writer.close()
+    await _close(writer)
     assert b"HTTP/1.1" not in data[data.find(b"}") + 1:]  # no second response
     assert took < TIMEOUT_S + 5.0
 
@@ -81,7 +88,7 @@ async def test_a_slow_but_complete_head_is_served(server: tuple[str, object]) ->
         writer.write(piece)
         await asyncio.sleep(TIMEOUT_S / 4)
     head = await reader.readuntil(b"\r\n\r\n")
-    writer.close()
+    await _close(writer)
     assert head.startswith(b"HTTP/1.1 200")
 
 
