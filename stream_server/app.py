@@ -216,6 +216,9 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
     hub = _hub_of(app)
     # HTTP responses still running after the drain get this long before they are cancelled
     uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 3)
+    # one WebSocket message at most this big (uvicorn's default is 16 MiB); a `text` message of
+    # max_message_chars characters, JSON-escaped (up to 12 bytes each), always fits
+    uvicorn_kwargs.setdefault("ws_max_size", max(1 << 20, 12 * config.server.max_message_chars + (64 << 10)))
     uvicorn_kwargs.setdefault("http", head_timeout_protocol(
         config.server.handshake_timeout_s,
         (lambda: hub.metrics.observe_refusal("handshake_timeout")) if hub is not None else (lambda: None),
