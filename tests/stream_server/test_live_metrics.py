@@ -43,5 +43,5 @@ async def test_live_gauges_follow_a_busy_session_and_the_loop_lag() -> None:
     assert busy["stream_tts_backlog_segments"] == 3  # the 6th sentence waits for a lookahead or flush
     assert busy["stream_tts_active_sessions"] == 1 and busy["stream_tts_scheduler_channels"] == 1
     assert busy["stream_tts_asyncio_tasks"] >= idle["stream_tts_asyncio_tasks"] + 2  # reader + writer
-    assert lagged["stream_tts_event_loop_lag_seconds_max"] >= 0.25
-    assert idle["stream_tts_event_loop_lag_seconds_max"] < 0.25
+    # the monitor's 100 ms sleep was somewhere in its course when the 300 ms block began
+    assert lagged["stream_tts_event_loop_lag_seconds_max"] >= 0.19
