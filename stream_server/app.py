@@ -268,6 +268,7 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
     # one WebSocket message at most this big (uvicorn's default is 16 MiB); a `text` message of
     # max_message_chars characters, JSON-escaped (up to 12 bytes each), always fits
     uvicorn_kwargs.setdefault("ws_max_size", max(1 << 20, 12 * config.server.max_message_chars + (64 << 10)))
+    # uvicorn's h11 protocol, with a deadline for request heads (handshake.py)
     uvicorn_kwargs.setdefault("http", head_timeout_protocol(
         config.server.handshake_timeout_s,
         (lambda: hub.metrics.observe_refusal("handshake_timeout")) if hub is not None else (lambda: None),
@@ -278,9 +279,8 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
         port=config.server.port,
         ws="websockets-sansio",  # the legacy implementation imports deprecated websockets.legacy
         # named, not "auto": installing an extra (Ray brings uvloop and httptools) must not
-        # silently change the server's event loop and HTTP parser
+        # silently change the server's event loop and HTTP parser (http: h11, from handshake.py)
         loop="asyncio",
-        http="h11",
         lifespan="on",
         log_level=config.server.log_level,
         **uvicorn_kwargs,

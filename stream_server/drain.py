@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from stream_server.connection import Hub
+from stream_server.connection import Connection, Hub
 from stream_server.errors import CLOSE_GOING_AWAY
 from stream_server.session import Phase
 
@@ -49,8 +49,9 @@ async def drain(hub: Hub, grace_s: float, hurry: Callable[[], bool] = lambda: Fa
     log.info("draining: %d session(s), grace %.1f s", n_open, grace_s)
     while hub.connections and loop.time() < deadline and not hurry():
         for conn in list(hub.connections):
-            session = conn.session
-            if session.phase in (Phase.NEW, Phase.OPEN) and not session.mid_turn:
+            # other APIs' connections (stream_server.api) have no turn to wait for here: they are
+            # closed with everything else at the deadline
+            if isinstance(conn, Connection) and _between_turns(conn):
                 conn.close_after_output("shutting_down", _MESSAGE)
         await asyncio.sleep(_POLL_S)
     cut = len(hub.connections)
@@ -58,6 +59,11 @@ async def drain(hub: Hub, grace_s: float, hurry: Callable[[], bool] = lambda: Fa
     finished = n_open - cut  # new sessions were refused meanwhile
     log.info("drained: %d session(s) closed after their turn, %d cut at the deadline", finished, cut)
     return finished, cut
+
+
+def _between_turns(conn: Connection) -> bool:
+    session = conn.session
+    return session.phase in (Phase.NEW, Phase.OPEN) and not session.mid_turn
 
 
 class DrainingServer(uvicorn.Server):

@@ -17,7 +17,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from stream_server.connection import Hub
+from stream_server.connection import Connection, Hub
 
 _LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -69,7 +69,8 @@ class LiveCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         hub = self.hub
-        conns = list(hub.connections)
+        # per-session gauges cover /v1/stream sessions (other APIs keep their own state)
+        conns = [c for c in hub.connections if isinstance(c, Connection)]
         sched = hub.scheduler
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
