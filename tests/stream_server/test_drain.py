@@ -70,6 +70,8 @@ async def test_drain_finishes_turns_refuses_new_work_then_closes_1001() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
             say = await client.post("/v1/overlay/say", json={"text": "hello"})
             info = await client.get("/v1/info")
+        other_api = await connect(url.replace("http://", "ws://") + "/v1/text-to-speech/low/stream-input")
+        other_events, _ = await _read_to_close(other_api)  # another API's WebSocket: 1001 at once
         metrics = await scrape(url)
         (idle_ev, idle_t), (unf_ev, unf_t), (busy_ev, _) = await asyncio.gather(*readers)
 
@@ -78,7 +80,8 @@ async def test_drain_finishes_turns_refuses_new_work_then_closes_1001() -> None:
     assert say.status_code == 503 and say.json()["error"]["code"] == "shutting_down"
     assert info.status_code == 200  # reads still work while draining
     assert metrics["stream_tts_draining"] == 1.0
-    assert metrics['stream_tts_refusals_total{reason="shutting_down"}'] == 2.0
+    assert other_events == [] and other_api.close_code == 1001
+    assert metrics['stream_tts_refusals_total{reason="shutting_down"}'] == 3.0
     # idle: closed at once; unfinished turn: cut at the deadline; busy turn: all its audio first
     assert idle_ev == [SHUT] and idle.close_code == 1001 and idle_t - t0 < 1.5
     assert unf_ev == [SHUT] and unfinished.close_code == 1001 and unf_t - t0 >= 2.9
