@@ -16,6 +16,9 @@ close, then decodes them and simulates playback. Per level it reports, with p50/
   until it arrives; the stall adds to ``stall_ms``).
 
 Output: a printed table, optional JSON (``--json``) and a PNG of TTFA CDFs per level (``--plot``).
+``--light``: the client counts packets and times them without decoding Opus (each packet is one
+frame of ``frame_ms``), so it costs the server little CPU when both share a machine; the report
+says which client mode ran. ``--duration SECONDS``: a soak instead of levels (``stream_server.soak``).
 This module is the client side; the statistics, playback simulation and report are pure functions
 in ``bench_report`` (unit-tested without a server).
 """
@@ -79,12 +82,14 @@ async def run_client(
     voice: str | None,
     timeout_s: float,
     prebuffer_ms: float,
+    light: bool = False,
 ) -> ClientResult:
     """Stream one text through one session and measure it (never raises for server trouble)."""
     res = ClientResult(clients=clients, text_index=text_index)
     arrivals: list[float] = []
     packets: list[bytes] = []
     t_first_text = t_sentence = math.nan
+    frame_ms = 20.0  # from `ready`
     t0 = time.perf_counter()
     try:
         async with connect(url, max_size=2**22, open_timeout=timeout_s) as ws:
@@ -101,7 +106,10 @@ async def run_client(
                         packets.append(raw)
                         continue
                     msg = json.loads(raw)
-                    if msg.get("type") == "segment_done" and msg.get("rtf") is not None:
+                    if msg.get("type") == "ready":
+                        nonlocal frame_ms
+                        frame_ms = float(msg.get("frame_ms", frame_ms))
+                    elif msg.get("type") == "segment_done" and msg.get("rtf") is not None:
                         res.segment_rtfs.append(float(msg["rtf"]))
                     elif msg.get("type") == "done":
                         res.server_ttfa_ms = msg.get("ttfa_ms")
@@ -146,12 +154,15 @@ async def run_client(
     if arrivals:
         res.client_ttfa_ms = (arrivals[0] - t_first_text) * 1000.0
         res.sentence_ttfa_ms = (arrivals[0] - t_sentence) * 1000.0
-        decoder = OpusFrameDecoder(24000)
-        try:
-            durations = [decoder.decode(p).shape[0] / 24000 for p in packets]
-        except ValueError as exc:  # a corrupt packet: report it, measure nothing more
-            res.error = res.error or f"undecodable audio frame: {exc}"
-            return res
+        if light:  # one Opus packet = one frame: count, do not decode
+            durations = [frame_ms / 1000.0] * len(packets)
+        else:
+            decoder = OpusFrameDecoder(24000)
+            try:
+                durations = [decoder.decode(p).shape[0] / 24000 for p in packets]
+            except ValueError as exc:  # a corrupt packet: report it, measure nothing more
+                res.error = res.error or f"undecodable audio frame: {exc}"
+                return res
         res.decoded_ms = sum(durations) * 1000.0
         played = simulate_playback(arrivals, durations, prebuffer_ms / 1000.0)
         res.underruns, res.stall_ms = played.underruns, played.stall_s * 1000.0
@@ -226,6 +237,7 @@ async def run_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict
                         args.voice,
                         args.timeout,
                         args.prebuffer_ms,
+                        args.light,
                     )
                     for k in picks
                 )
@@ -240,6 +252,7 @@ async def run_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict
         "texts": str(args.texts),
         "n_texts": len(texts),
         "prebuffer_ms": args.prebuffer_ms,
+        "client_mode": "light" if args.light else "decode",
     }
     return config, levels
 
@@ -265,9 +278,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="per-session timeout in seconds")
     p.add_argument("--json", default=None, help="write the full report to this JSON file")
     p.add_argument("--plot", default=None, help="write TTFA CDFs to this PNG file")
+    p.add_argument(
+        "--light", action="store_true",
+        help="count and time Opus packets without decoding them (little client CPU on a shared box)",
+    )
+    from stream_server import soak  # soak flags (--duration ...), in their own module
+
+    soak.configure_parser(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.duration > 0:
+        from stream_server import soak
+
+        return soak.run(args)
     try:
         config, levels = asyncio.run(run_bench(args))
     except BenchError as exc:

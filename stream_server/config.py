@@ -45,6 +45,10 @@ class ServerConfig:
     batch_ride_along_ratio: float = 0.1
     idle_timeout_s: float = 300.0  # an idle session (no work, no message) is closed after this
     max_protocol_errors: int = 10  # one more protocol error closes the session with 1008
+    # faults and shutdown (docs/RELIABILITY.md)
+    drain_timeout_s: float = 10.0  # SIGTERM/SIGINT: sessions mid-turn get this long to finish, then 1001
+    handshake_timeout_s: float = 10.0  # a connection must send a whole HTTP request head within this
+    start_timeout_s: float = 10.0  # a new WebSocket session must send `start` or `text` within this
     warmup_timeout_s: float = 900.0  # engine warm-up longer than this fails start-up
     default_format: Literal["opus", "pcm_s16le"] = "opus"
     overlay_api_key: str = ""  # "" = the overlay POST routes need no key
@@ -75,6 +79,8 @@ class ServerConfig:
             "max_ahead_s",
             "idle_timeout_s",
             "warmup_timeout_s",
+            "handshake_timeout_s",
+            "start_timeout_s",
             "overlay_queue_size",
             "overlay_max_chars",
             "engine_watchdog_s",
@@ -84,6 +90,8 @@ class ServerConfig:
                 raise ValueError(f"server.{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"server.port must be 0..65535, got {self.port}")
+        if self.drain_timeout_s < 0:
+            raise ValueError("server.drain_timeout_s must be >= 0")
         if self.batch_marginal_ratio < 0 or self.batch_ride_along_ratio < 0:
             raise ValueError("server.batch_marginal_ratio and batch_ride_along_ratio must be >= 0")
         if self.workers < 0:

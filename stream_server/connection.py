@@ -67,6 +67,7 @@ class Outbox:
         self.capacity = capacity
         self._items: deque[OutItem | _CloseMarker] = deque()
         self._ready = asyncio.Event()
+        self.audio_bytes = 0  # audio payload bytes queued (for /metrics)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -75,23 +76,30 @@ class Outbox:
         if len(self._items) >= self.capacity:
             raise OutboxFull(f"outbox over {self.capacity} items")
         self._items.append(item)
+        if isinstance(item, OutItem) and isinstance(item.payload, bytes):
+            self.audio_bytes += len(item.payload)
         self._ready.set()
 
     def force_close(self, code: int, reason: str) -> None:
         """Drop everything queued and close next (outbox overflow: a bug, never a client's fault)."""
         self._items.clear()
+        self.audio_bytes = 0
         self._items.append(_CloseMarker(code, reason))
         self._ready.set()
 
     def drop_audio(self) -> None:
         """Forget queued audio frames (urgent close); control messages stay in order."""
         self._items = deque(i for i in self._items if not (isinstance(i, OutItem) and isinstance(i.payload, bytes)))
+        self.audio_bytes = 0
 
     async def get(self) -> OutItem | _CloseMarker:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        item = self._items.popleft()
+        if isinstance(item, OutItem) and isinstance(item.payload, bytes):
+            self.audio_bytes -= len(item.payload)
+        return item
 
 
 class OpenConnection(Protocol):
@@ -118,6 +126,7 @@ class Hub:
         self.warmup_s: float | None = None
         self.warmup_error: str | None = None
         self.shutting_down = False
+        self.draining = False  # SIGTERM/SIGINT received: /healthz 503, new sessions refused (drain.py)
         self.url = f"http://{config.server.host}:{config.server.port}"
         # set by app.build_server: the ready line waits for the bound address (port 0 in tests)
         self.expect_bind = False
@@ -293,6 +302,10 @@ class Connection:
         self._apply([Send(OutItem(None, Error(refusal.code, refusal.message, refusal.retry_after_ms)))])
         return True
 
+    def close_after_output(self, code: str, message: str) -> None:
+        """Close with ``code`` once everything already queued (audio included) is sent."""
+        self._apply(self.session.close_after_output(code, message))
+
     # ------------------------------------------------------------------ actions
 
     def _apply(self, actions: list[Action]) -> None:
@@ -339,11 +352,19 @@ class Connection:
     async def _reader(self) -> None:
         session = self.session
         idle_s = self.hub.config.server.idle_timeout_s
+        start_by = time.monotonic() + self.hub.config.server.start_timeout_s
         while True:
+            new = session.phase is Phase.NEW
             try:
-                message = await asyncio.wait_for(self.ws.receive(), idle_s)
+                wait_s = max(0.0, start_by - time.monotonic()) if new else idle_s
+                message = await asyncio.wait_for(self.ws.receive(), wait_s)
             except TimeoutError:
-                if session.idle and session.phase is not Phase.CLOSED:
+                if new:
+                    s = self.hub.config.server.start_timeout_s
+                    self.hub.metrics.observe_error("start_timeout")
+                    self.hub.metrics.observe_refusal("start_timeout")
+                    self._apply(session.close_with("start_timeout", f"no start or text within {s:g} s"))
+                elif session.idle and session.phase is not Phase.CLOSED:
                     self._apply(session.close_with("idle_timeout", f"no message for {idle_s:g} s"))
                 continue
             if message["type"] == "websocket.disconnect":

@@ -52,6 +52,7 @@ _KINDS = (
     ErrorKind("already_started", None, True, "start must be the first message of a session"),
     ErrorKind("busy", None, False, "too many segments waiting; this text was not accepted, resend later"),
     ErrorKind("idle_timeout", CLOSE_NORMAL, False, "no message for idle_timeout_s while idle"),
+    ErrorKind("start_timeout", CLOSE_POLICY_VIOLATION, False, "no start or text within start_timeout_s"),
     ErrorKind("too_many_errors", CLOSE_POLICY_VIOLATION, False, "too many protocol errors"),
     ErrorKind("overloaded", CLOSE_TRY_AGAIN_LATER, False, "the server has max_sessions sessions open"),
     # admission control: on connect followed by close 1013; on a new turn the text is dropped and
