@@ -23,6 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from engine.base import Engine
+from stream_server.auth import AccessControl
+from stream_server.auth_asgi import install_access_control, warn_if_exposed
 from stream_server.config import AppConfig
 from stream_server.connection import Connection, Hub
 from stream_server.errors import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
@@ -48,10 +50,18 @@ def _web_demo_dir() -> Path:
     return Path(str(importlib.resources.files("web_demo")))
 
 
-def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: str = "passed to create_app") -> FastAPI:
+def create_app(
+    config: AppConfig,
+    engine: Engine | None = None,
+    engine_reason: str = "passed to create_app",
+    *,
+    access: AccessControl | None = None,
+) -> FastAPI:
     """Build the app. ``engine`` None: ``engine.factory.create_engine(config.engine)`` at start-up.
 
     ``/healthz`` answers 503 until the engine's warm-up (run on the worker thread) is done.
+    ``access`` None: keys from ``server.api_keys_file`` and ``STREAM_TTS_API_KEYS`` (ConfigError
+    when unreadable).
     """
     hub = Hub(config, ServerMetrics(), engine, engine_reason)
 
@@ -149,6 +159,8 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
         await Connection(hub, websocket, uuid.uuid4().hex[:12]).run()
 
     _include_routers(app, hub)
+    access = access or AccessControl.from_config(config.server)
+    install_access_control(app, access, on_refusal=hub.metrics.observe_error)
 
     web_dir = _web_demo_dir()
 
@@ -211,4 +223,7 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
     hub = _hub_of(app)
     if hub is not None:
         hub.expect_bind = True
+    access = getattr(app.state, "access", None)
+    if isinstance(access, AccessControl):
+        warn_if_exposed(access, config.server.host)
     return StreamServer(cfg)

@@ -46,6 +46,14 @@ class ServerConfig:
     overlay_queue_size: int = 32
     overlay_max_chars: int = 500
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # access control (stream_server/auth.py): on as soon as any API key is configured
+    api_keys_file: str = ""  # one key per line (# comments); keys also from STREAM_TTS_API_KEYS
+    token_secret: str = ""  # HMAC secret of POST /v1/tokens tokens; "" = random per process
+    token_ttl_s: float = 300.0  # default lifetime of a minted token, at most 900 s
+    allowed_origins: tuple[str, ...] = ()  # cross-origin pages allowed (WebSockets + CORS); "*" = any
+    metrics_public: bool = True  # False: GET /metrics needs a key too
+    key_max_sessions: int = 16  # concurrent streaming sessions per key; 0 = no limit
+    key_requests_per_minute: int = 600  # requests and session opens per key; 0 = no limit
 
     def __post_init__(self) -> None:
         positive = (
@@ -66,6 +74,10 @@ class ServerConfig:
             raise ValueError(f"server.port must be 0..65535, got {self.port}")
         if self.max_protocol_errors < 0:
             raise ValueError("server.max_protocol_errors must be >= 0")
+        if not 0 < self.token_ttl_s <= 900:
+            raise ValueError(f"server.token_ttl_s must be in (0, 900], got {self.token_ttl_s}")
+        if self.key_max_sessions < 0 or self.key_requests_per_minute < 0:
+            raise ValueError("server.key_max_sessions and key_requests_per_minute must be >= 0")
         if self.max_message_chars > self.max_session_chars:
             raise ValueError("server.max_message_chars must be <= server.max_session_chars")
 
