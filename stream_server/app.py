@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -85,7 +85,7 @@ def create_app(
     app = FastAPI(title="stream-tts", version=str(PROTOCOL_VERSION), lifespan=lifespan)
     app.state.hub = hub
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"description": "warming up, or warm-up failed"}})
     async def healthz() -> JSONResponse:
         if not hub.warm:
             body = {"status": "error" if hub.warmup_error else "warming_up", "error": hub.warmup_error}
@@ -95,7 +95,7 @@ def create_app(
             {"status": "ok", "engine": eng.name, "device": eng.device, "warmup_s": hub.warmup_s}
         )
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -235,6 +235,14 @@ class TokenRequest(BaseModel):
         default=None, ge=1, le=MAX_TOKEN_TTL_S, description="seconds; default server.token_ttl_s"
     )
 
+    @field_validator("expires_in", mode="before")
+    @classmethod
+    def _json_integer(cls, value: object) -> object:
+        # JSON Schema's integer: 60 and 60.0, never true or "60"
+        if isinstance(value, (bool, str)):
+            raise ValueError("expires_in must be an integer")
+        return value
+
 
 class TokenResponse(BaseModel):
     token: str = Field(description="pass as ?token=... (or Authorization: Bearer) on /v1/stream")
@@ -246,7 +254,12 @@ class TokenResponse(BaseModel):
 def create_token_router(access: AccessControl) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/tokens", response_model=TokenResponse, status_code=200)
+    @router.post(
+        "/v1/tokens",
+        response_model=TokenResponse,
+        status_code=200,
+        responses={400: {"description": "the body is not valid JSON"}},
+    )
     async def mint_token(request: Request, body: TokenRequest | None = Body(default=None)) -> TokenResponse:  # noqa: B008
         """Mint a short-lived token for the streaming routes, so a browser page never holds a key."""
         principal = request_auth(request).principal or ANONYMOUS

@@ -126,6 +126,17 @@ class ConfigError(Exception):
     """The configuration (TOML file or CLI flags) is invalid. Raised at start-up, never on the wire."""
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` for HTTP errors answered as ``{"type": "error", "code", "message"}``."""
+    body = {
+        "type": "object",
+        "required": ["type", "code", "message"],
+        "properties": {"type": {"const": "error"}, "code": {"type": "string"}, "message": {"type": "string"}},
+    }
+    content = {"application/json": {"schema": body}}
+    return {status: {"description": "error (see docs/PROTOCOL.md)", "content": content} for status in statuses}
+
+
 def wire_error(exc: BaseException) -> tuple[str, str]:
     """(code, client message) for any exception; unexpected ones become ``internal_error``."""
     if isinstance(exc, StreamError):

@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
+from stream_server.errors import error_responses
+
 if TYPE_CHECKING:
     from stream_server.config import ServerConfig
 
@@ -207,6 +209,22 @@ class OverlayQueue:
             self.current = None
 
 
+def _say_schema(max_chars: int) -> dict[str, Any]:
+    """The ``say`` body for the OpenAPI schema (the route parses the raw body itself)."""
+    name = {"type": ["string", "null"], "maxLength": MAX_FIELD_CHARS}
+    body = {
+        "type": "object",
+        "required": ["text"],
+        "additionalProperties": False,
+        "properties": {
+            "text": {"type": "string", "maxLength": max_chars, "pattern": r"\S"},
+            "voice": name,
+            "author": name,
+        },
+    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+
+
 def create_overlay_router(cfg: ServerConfig) -> APIRouter:
     """Build the overlay routes with their own queue (one queue per app)."""
     queue = OverlayQueue(cfg.overlay_queue_size, cfg.overlay_max_chars)
@@ -221,7 +239,12 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise OverlayError(400, "invalid_json", "body is not valid JSON") from None
 
-    @router.post("/v1/overlay/say", status_code=202)
+    @router.post(
+        "/v1/overlay/say",
+        status_code=202,
+        openapi_extra=_say_schema(cfg.overlay_max_chars),
+        responses=error_responses(400, 429),
+    )
     async def overlay_say(request: Request) -> JSONResponse:
         try:
             text, voice, author = queue.parse_say(await _json_body(request))
