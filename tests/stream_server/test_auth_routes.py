@@ -319,3 +319,19 @@ def test_keys_from_the_environment_and_never_logged(monkeypatch: pytest.MonkeyPa
             assert client.get("/v1/info", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
             assert client.get("/v1/info", headers={"Authorization": f"Bearer {KEY}x"}).status_code == 401
     assert KEY not in caplog.text
+
+
+def test_build_server_warns_when_exposed_without_keys(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from stream_server.app import build_server
+
+    monkeypatch.delenv("STREAM_TTS_API_KEYS", raising=False)
+    cfg = make_config(host="0.0.0.0")
+    with caplog.at_level(logging.WARNING, logger="stream_server"):
+        build_server(create_app(cfg, SineBurstEngine()), cfg)
+    assert "WITHOUT API KEYS" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stream_server"):
+        build_server(create_app(cfg, SineBurstEngine(), access=AccessControl(cfg.server, (KEY,))), cfg)
+        build_server(create_app(make_config(), SineBurstEngine()), make_config())
+    assert "WITHOUT API KEYS" not in caplog.text
