@@ -41,7 +41,7 @@ import json
 import logging
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
@@ -225,9 +225,81 @@ def _say_schema(max_chars: int) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
 
 
-def create_overlay_router(cfg: ServerConfig) -> APIRouter:
-    """Build the overlay routes with their own queue (one queue per app)."""
+class OverlayBackend(Protocol):
+    """Where the queue lives: this process (`LocalOverlay`) or shared by several server replicas
+    (`stream_server.ray_serve`'s named actor). Every method may raise ``OverlayError``."""
+
+    async def say(self, text: str, voice: str, author: str) -> tuple[OverlayItem, int]: ...
+    async def skip(self) -> str | None: ...
+    async def clear(self) -> tuple[int, str | None]: ...
+    async def snapshot(self) -> dict[str, Any]: ...
+    async def connect(self) -> str:
+        """Register a page; returns its listener id."""
+        ...
+    async def next_event(self, listener: str) -> dict[str, str]:
+        """The page's next event (waits); ``{"type": "_close"}`` when the page must go."""
+        ...
+    async def played(self, item_id: str) -> None: ...
+    async def disconnect(self, listener: str) -> None: ...
+
+
+class LocalOverlay:
+    """`OverlayBackend` over an in-process `OverlayQueue` (one server process)."""
+
+    def __init__(self, queue: OverlayQueue) -> None:
+        self.queue = queue
+        self._outboxes: dict[str, asyncio.Queue[dict[str, str]]] = {}
+        self._ids = itertools.count(1)
+
+    async def say(self, text: str, voice: str, author: str) -> tuple[OverlayItem, int]:
+        return self.queue.say(text, voice, author)
+
+    async def skip(self) -> str | None:
+        return self.queue.skip()
+
+    async def clear(self) -> tuple[int, str | None]:
+        return self.queue.clear()
+
+    async def snapshot(self) -> dict[str, Any]:
+        return self.queue.snapshot()
+
+    async def connect(self) -> str:
+        listener = f"l{next(self._ids)}"
+        self._outboxes[listener] = self.queue.connect()
+        return listener
+
+    async def next_event(self, listener: str) -> dict[str, str]:
+        outbox = self._outboxes.get(listener)
+        if outbox is None:
+            return {"type": "_close"}
+        return await outbox.get()
+
+    def pending_events(self, listener: str) -> list[dict[str, str]]:
+        """Events queued for the page right now, without waiting (for pollers)."""
+        outbox = self._outboxes.get(listener)
+        if outbox is None:
+            return [{"type": "_close"}]
+        events = []
+        while not outbox.empty():
+            events.append(outbox.get_nowait())
+        return events
+
+    async def played(self, item_id: str) -> None:
+        self.queue.played(item_id)
+
+    async def disconnect(self, listener: str) -> None:
+        outbox = self._outboxes.pop(listener, None)
+        if outbox is not None:
+            self.queue.disconnect(outbox)
+
+    def listeners(self) -> list[str]:
+        return list(self._outboxes)
+
+
+def create_overlay_router(cfg: ServerConfig, backend: OverlayBackend | None = None) -> APIRouter:
+    """Build the overlay routes; ``backend`` None = a queue of this app's own (one process)."""
     queue = OverlayQueue(cfg.overlay_queue_size, cfg.overlay_max_chars)
+    shared: OverlayBackend = backend if backend is not None else LocalOverlay(queue)
     router = APIRouter()
 
     async def _json_body(request: Request) -> Any:
@@ -248,28 +320,33 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
     async def overlay_say(request: Request) -> JSONResponse:
         try:
             text, voice, author = queue.parse_say(await _json_body(request))
-            item, position = queue.say(text, voice, author)
+            item, position = await shared.say(text, voice, author)
         except OverlayError as exc:
             return exc.response()
         return JSONResponse({"id": item.id, "position": position}, status_code=202)
 
     @router.post("/v1/overlay/skip")
     async def overlay_skip() -> JSONResponse:
-        return JSONResponse({"skipped": queue.skip()})
+        return JSONResponse({"skipped": await shared.skip()})
 
     @router.post("/v1/overlay/clear")
     async def overlay_clear() -> JSONResponse:
-        removed, skipped = queue.clear()
+        removed, skipped = await shared.clear()
         return JSONResponse({"removed": removed, "skipped": skipped})
 
     @router.get("/v1/overlay/queue")
     async def overlay_queue() -> JSONResponse:
-        return JSONResponse(queue.snapshot())
+        return JSONResponse(await shared.snapshot())
 
     @router.websocket("/v1/overlay/events")
     async def overlay_events(websocket: WebSocket) -> None:
         await websocket.accept()
-        outbox = queue.connect()
+        listener = await shared.connect()
+        send_lock = asyncio.Lock()  # one sender at a time: the writer and the reader's errors
+
+        async def send(msg: dict[str, str]) -> None:
+            async with send_lock:
+                await websocket.send_text(json.dumps(msg))
 
         async def reader() -> None:
             while True:
@@ -283,23 +360,22 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
                     and msg.get("type") == "played"
                     and isinstance(msg.get("id"), str)
                 ):
-                    queue.played(msg["id"])
+                    await shared.played(msg["id"])
                 else:
                     err = {
                         "type": "error",
                         "code": "invalid_message",
                         "message": 'expected {"type": "played", "id": ...}',
                     }
-                    with contextlib.suppress(asyncio.QueueFull):
-                        outbox.put_nowait(err)
+                    await send(err)
 
         async def writer() -> None:
             while True:
-                msg = await outbox.get()
+                msg = await shared.next_event(listener)
                 if msg["type"] == "_close":
                     await websocket.close(code=1008)
                     return
-                await websocket.send_text(json.dumps(msg))
+                await send(msg)
 
         tasks = [asyncio.create_task(reader()), asyncio.create_task(writer())]
         try:
@@ -310,7 +386,7 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
                     # A malformed frame (e.g. binary) ends the page's connection, nothing else.
                     log.debug("overlay event socket ended: %r", exc)
         finally:
-            queue.disconnect(outbox)
+            await shared.disconnect(listener)
             for task in tasks:
                 task.cancel()
 
