@@ -10,8 +10,8 @@ WebSocket closed, or the streamed HTTP body ended).
 
 Refusals: HTTP answers OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with the
 status of the ``AccessError`` (401, 403, 429 + ``Retry-After``). A WebSocket is accepted, told
-the error (``{"type": "error", "code", "message"}`` on our protocol; ``{"message", "error",
-"code"}`` on the ElevenLabs routes) and closed with the table's close code (1008, or 1013 for
+the error (``{"type": "error", "code", "message"}`` on our protocol; ``{"message", "error": code,
+"code": close code}`` on the ElevenLabs routes) and closed with the table's close code (1008, or 1013 for
 limits).
 
 ElevenLabs WebSockets (``/v1/text-to-speech/...``) may carry the key in their first message:
@@ -175,15 +175,16 @@ def _http_refusal(exc: AccessError) -> JSONResponse:
 
 async def refuse_websocket(websocket: WebSocket, exc: AccessError, *, accepted: bool = True) -> None:
     """Tell a WebSocket why it is refused and close it with the error table's close code."""
-    if websocket.url.path.startswith(KEY_IN_MESSAGE_PREFIX):
-        body: dict[str, Any] = {"message": exc.message, "error": exc.code, "code": exc.code}
+    close_code = exc.kind.close_code or 1008
+    if websocket.url.path.startswith(KEY_IN_MESSAGE_PREFIX):  # ElevenLabs' error shape
+        body: dict[str, Any] = {"message": exc.message, "error": exc.code, "code": close_code}
     else:
         body = {"type": "error", "code": exc.code, "message": exc.message}
     with contextlib.suppress(Exception):  # the peer may be gone already
         if not accepted:
             await websocket.accept()
         await websocket.send_text(json.dumps(body))
-        await websocket.close(exc.kind.close_code or 1008, exc.code)
+        await websocket.close(close_code, exc.code)
 
 
 class AccessMiddleware:

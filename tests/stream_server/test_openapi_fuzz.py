@@ -49,7 +49,8 @@ def test_operation_conforms_to_the_schema(base_url: str, path: str, method: str,
     operation = SCHEMA[path][method]
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+    # derandomize: the same examples every run (a CI failure reproduces); they change with the schema
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     def run(case: schemathesis.Case) -> None:
         case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
