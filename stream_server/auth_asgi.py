@@ -129,6 +129,15 @@ def _credentials(headers: Headers, query: bytes) -> tuple[str | None, str | None
     return given, (tokens[0] if tokens else None)
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the ``root_path`` of an app mounted under a prefix."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root + "/"):
+        return path[len(root):]
+    return path
+
+
 def authenticate(
     access: AccessControl, scope: Scope, policy: Policy, *, websocket: bool
 ) -> Principal | None:
@@ -139,7 +148,7 @@ def authenticate(
     """
     if policy is Policy.OPEN:
         return ANONYMOUS
-    path, method = scope["path"], scope.get("method", "GET")
+    path, method = route_path(scope), scope.get("method", "GET")
     given, query_token = _credentials(Headers(scope=scope), scope.get("query_string", b""))
     overlay_write = access.accepts_overlay_key(path, method)
     if overlay_write and access.check_overlay_key(given):
@@ -176,7 +185,7 @@ def _http_refusal(exc: AccessError) -> JSONResponse:
 async def refuse_websocket(websocket: WebSocket, exc: AccessError, *, accepted: bool = True) -> None:
     """Tell a WebSocket why it is refused and close it with the error table's close code."""
     close_code = exc.kind.close_code or 1008
-    if websocket.url.path.startswith(KEY_IN_MESSAGE_PREFIX):  # ElevenLabs' error shape
+    if route_path(websocket.scope).startswith(KEY_IN_MESSAGE_PREFIX):  # ElevenLabs' error shape
         body: dict[str, Any] = {"message": exc.message, "error": exc.code, "code": close_code}
     else:
         body = {"type": "error", "code": exc.code, "message": exc.message}
@@ -204,7 +213,7 @@ class AccessMiddleware:
             return
         access = self.access
         websocket = kind == "websocket"
-        path = scope["path"]
+        path = route_path(scope)
         headers = Headers(scope=scope)
         try:
             access.check_origin(headers.get("origin"), headers.get("host"))

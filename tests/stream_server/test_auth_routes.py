@@ -341,3 +341,13 @@ def test_build_server_warns_when_exposed_without_keys(monkeypatch: pytest.Monkey
         build_server(create_app(cfg, SineBurstEngine(), access=AccessControl(cfg.server, (KEY,))), cfg)
         build_server(create_app(make_config(), SineBurstEngine()), make_config())
     assert "WITHOUT API KEYS" not in caplog.text
+
+
+async def test_an_app_mounted_under_a_prefix_is_guarded_too() -> None:
+    cfg = make_config()
+    app = create_app(cfg, SineBurstEngine(), access=AccessControl(cfg.server, (KEY,)))
+    transport = httpx.ASGITransport(app=app, root_path="/tts")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        _assert_refused(await client.get("/tts/v1/info"), 401, "unauthorized", "under /tts")
+        minted = await client.post("/tts/v1/tokens", headers={"Authorization": f"Bearer {KEY}"})
+        assert minted.status_code == 200
