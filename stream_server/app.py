@@ -18,12 +18,14 @@ from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.base import Engine
 from stream_server import live_metrics
+from stream_server.auth import AccessControl
+from stream_server.auth_asgi import install_access_control, warn_if_exposed
 from stream_server.config import AppConfig
 from stream_server.connection import Connection, Hub
 from stream_server.drain import DrainGate, DrainingServer
@@ -82,6 +84,7 @@ def create_app(
     overlay: OverlayBackend | None = None,
     serve_after_warmup: bool = False,
     extra_routers: Sequence[APIRouter] = (),
+    access: AccessControl | None = None,
 ) -> FastAPI:
     """Build the app. ``engine`` None: ``engine.factory.create_engine(config.engine)`` at start-up.
 
@@ -90,7 +93,8 @@ def create_app(
     every metric's labels. ``overlay``: a shared overlay queue (default: one of this app's own).
     ``serve_after_warmup``: the lifespan start-up waits for the warm-up (and fails with it), for
     hosts that route traffic only after start-up (Ray Serve replicas). ``extra_routers``: more
-    routes from the host (they come before the static pages).
+    routes from the host (they come before the static pages). ``access`` None: keys from
+    ``server.api_keys_file`` and ``STREAM_TTS_API_KEYS`` (ConfigError when unreadable).
     """
     hub = Hub(config, ServerMetrics(replica=replica), engine, engine_reason)
     hub.replica = replica
@@ -125,7 +129,7 @@ def create_app(
         app.add_middleware(ReplicaHeader, replica=replica)
     app.add_middleware(DrainGate, hub=hub)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"description": "warming up, or warm-up failed"}})
     async def healthz() -> JSONResponse:
         if hub.draining or hub.shutting_down:
             return JSONResponse({"status": "draining", "sessions": len(hub.connections)}, status_code=503)
@@ -137,7 +141,7 @@ def create_app(
             {"status": "ok", "engine": eng.name, "device": eng.device, "warmup_s": hub.warmup_s}
         )
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -208,6 +212,8 @@ def create_app(
     _include_routers(app, hub, overlay)
     for router in extra_routers:
         app.include_router(router)
+    access = access or AccessControl.from_config(config.server)
+    install_access_control(app, access, on_refusal=hub.metrics.observe_error)
 
     web_dir = _web_demo_dir()
 
@@ -290,4 +296,7 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
     )
     if hub is not None:
         hub.expect_bind = True
+    access = getattr(app.state, "access", None)
+    if isinstance(access, AccessControl):
+        warn_if_exposed(access, config.server.host)
     return StreamServer(cfg)

@@ -65,6 +65,14 @@ class ServerConfig:
     # admission control: a new session or turn is refused with over_capacity when the sessions
     # speaking would need more than this fraction of the measured synthesis capacity; 0 = off
     admission_headroom: float = 0.7
+    # access control (stream_server/auth.py): on as soon as any API key is configured
+    api_keys_file: str = ""  # one key per line (# comments); keys also from STREAM_TTS_API_KEYS
+    token_secret: str = ""  # HMAC secret of POST /v1/tokens tokens; "" = random per process
+    token_ttl_s: float = 300.0  # default lifetime of a minted token, at most 900 s
+    allowed_origins: tuple[str, ...] = ()  # cross-origin pages allowed (WebSockets + CORS); "*" = any
+    metrics_public: bool = True  # False: GET /metrics needs a key too
+    key_max_sessions: int = 16  # concurrent streaming sessions per key; 0 = no limit
+    key_requests_per_minute: int = 600  # requests and session opens per key; 0 = no limit
     # ElevenLabs-compatible API: estimated per-character alignment with the audio (each segment's
     # audio then waits until the segment is synthesized) when the client asks (sync_alignment=true)
     # or always (for clients such as Pipecat that use it but cannot ask)
@@ -100,6 +108,10 @@ class ServerConfig:
             raise ValueError(f"server.admission_headroom must be 0..1, got {self.admission_headroom}")
         if self.max_protocol_errors < 0:
             raise ValueError("server.max_protocol_errors must be >= 0")
+        if not 0 < self.token_ttl_s <= 900:
+            raise ValueError(f"server.token_ttl_s must be in (0, 900], got {self.token_ttl_s}")
+        if self.key_max_sessions < 0 or self.key_requests_per_minute < 0:
+            raise ValueError("server.key_max_sessions and key_requests_per_minute must be >= 0")
         if self.max_message_chars > self.max_session_chars:
             raise ValueError("server.max_message_chars must be <= server.max_session_chars")
 

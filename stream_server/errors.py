@@ -70,6 +70,14 @@ _KINDS = (
     ErrorKind("weights_not_found", None, False, "the engine's model files are missing"),
     ErrorKind("checkpoint_error", None, False, "the engine's checkpoint does not load"),
     ErrorKind("invalid_voice", None, False, "the voice's reference clip is unusable"),
+    # access control (stream_server/auth.py): HTTP status in AccessError.status, refused before work
+    ErrorKind("unauthorized", CLOSE_POLICY_VIOLATION, False, "no API key or token, or a wrong one (HTTP 401)"),
+    ErrorKind("invalid_token", CLOSE_POLICY_VIOLATION, False, "the token is malformed or its signature is wrong (HTTP 401)"),
+    ErrorKind("token_expired", CLOSE_POLICY_VIOLATION, False, "the token has expired; mint a new one (HTTP 401)"),
+    ErrorKind("token_scope", CLOSE_POLICY_VIOLATION, False, "a streaming token cannot be used on this route; use a key (HTTP 403)"),
+    ErrorKind("forbidden_origin", CLOSE_POLICY_VIOLATION, False, "the Origin is not allowed (HTTP 403)"),
+    ErrorKind("rate_limited", CLOSE_TRY_AGAIN_LATER, False, "the key's requests per minute are used up (HTTP 429 + Retry-After)"),
+    ErrorKind("too_many_sessions", CLOSE_TRY_AGAIN_LATER, False, "the key has its maximum of concurrent sessions (HTTP 429)"),
 )
 
 ERROR_TABLE: dict[str, ErrorKind] = {kind.code: kind for kind in _KINDS}
@@ -113,8 +121,29 @@ class SessionLimitError(StreamError):
     """A per-session limit or the server's capacity stops this request (busy, text limits)."""
 
 
+class AccessError(StreamError):
+    """A request refused by access control; ``status`` is the HTTP status, ``retry_after_s`` the
+    ``Retry-After`` seconds of a 429 (None otherwise)."""
+
+    def __init__(self, code: str, message: str, status: int, *, retry_after_s: int | None = None) -> None:
+        super().__init__(code, message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
 class ConfigError(Exception):
     """The configuration (TOML file or CLI flags) is invalid. Raised at start-up, never on the wire."""
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` for HTTP errors answered as ``{"type": "error", "code", "message"}``."""
+    body = {
+        "type": "object",
+        "required": ["type", "code", "message"],
+        "properties": {"type": {"const": "error"}, "code": {"type": "string"}, "message": {"type": "string"}},
+    }
+    content = {"application/json": {"schema": body}}
+    return {status: {"description": "error (see docs/PROTOCOL.md)", "content": content} for status in statuses}
 
 
 def wire_error(exc: BaseException) -> tuple[str, str]:

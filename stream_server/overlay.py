@@ -9,7 +9,7 @@ Routes (all errors are JSON ``{"type": "error", "code": .., "message": ..}``):
 - ``POST /v1/overlay/say`` ``{"text": str, "voice"?: str, "author"?: str}`` -> 202
   ``{"id": str, "position": int}``; ``position`` is how many messages are ahead of this one
   (0 = it is read next). 400 ``invalid_json`` / ``invalid_field`` / ``text_too_long``,
-  429 ``queue_full``, 401 ``unauthorized``.
+  429 ``queue_full``.
 - ``POST /v1/overlay/skip`` -> 200 ``{"skipped": id | null}``: stop the message being read.
 - ``POST /v1/overlay/clear`` -> 200 ``{"removed": n, "skipped": id | null}``: empty the queue, skip.
 - ``GET /v1/overlay/queue`` -> 200 ``{"current": item | null, "pending": [item, ...],
@@ -17,9 +17,11 @@ Routes (all errors are JSON ``{"type": "error", "code": .., "message": ..}``):
 - ``WS /v1/overlay/events``: server -> page ``{"type": "say", "id", "text", "voice", "author"}`` and
   ``{"type": "skip", "id"}``; page -> server ``{"type": "played", "id"}``.
 
-The POST routes need the API key when ``ServerConfig.overlay_api_key`` is set (header
-``Authorization: Bearer KEY`` or ``X-API-Key: KEY``); reading (``GET``, the event socket) does not,
-so an OBS browser source URL never carries the key.
+Access control is the app's (``stream_server.auth_asgi``): with API keys configured every route
+here needs a key, and the reading routes (``GET``, the event socket) also take a streaming token.
+``ServerConfig.overlay_api_key`` (the overlay's own key, older than API keys) is still accepted on
+the POST routes (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``), and without API keys it is
+required there.
 
 Several overlay pages: every connected page gets the same ``say``; the first ``played`` report for
 the current id advances the queue (the others' late reports are ignored). When the last page
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import json
 import logging
@@ -44,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
+
+from stream_server.errors import error_responses
 
 if TYPE_CHECKING:
     from stream_server.config import ServerConfig
@@ -206,6 +209,22 @@ class OverlayQueue:
             self.current = None
 
 
+def _say_schema(max_chars: int) -> dict[str, Any]:
+    """The ``say`` body for the OpenAPI schema (the route parses the raw body itself)."""
+    name = {"type": ["string", "null"], "maxLength": MAX_FIELD_CHARS}
+    body = {
+        "type": "object",
+        "required": ["text"],
+        "additionalProperties": False,
+        "properties": {
+            "text": {"type": "string", "maxLength": max_chars, "pattern": r"\S"},
+            "voice": name,
+            "author": name,
+        },
+    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+
+
 class OverlayBackend(Protocol):
     """Where the queue lives: this process (`LocalOverlay`) or shared by several server replicas
     (`stream_server.ray_serve`'s named actor). Every method may raise ``OverlayError``."""
@@ -277,23 +296,11 @@ class LocalOverlay:
         return list(self._outboxes)
 
 
-def _check_key(request: Request, api_key: str) -> None:
-    if not api_key:
-        return
-    given = request.headers.get("x-api-key", "")
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    if not hmac.compare_digest(given.encode(), api_key.encode()):
-        raise OverlayError(401, "unauthorized", "missing or wrong API key")
-
-
 def create_overlay_router(cfg: ServerConfig, backend: OverlayBackend | None = None) -> APIRouter:
     """Build the overlay routes; ``backend`` None = a queue of this app's own (one process)."""
     queue = OverlayQueue(cfg.overlay_queue_size, cfg.overlay_max_chars)
     shared: OverlayBackend = backend if backend is not None else LocalOverlay(queue)
     router = APIRouter()
-    api_key = cfg.overlay_api_key
 
     async def _json_body(request: Request) -> Any:
         raw = await request.body()
@@ -304,10 +311,14 @@ def create_overlay_router(cfg: ServerConfig, backend: OverlayBackend | None = No
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise OverlayError(400, "invalid_json", "body is not valid JSON") from None
 
-    @router.post("/v1/overlay/say", status_code=202)
+    @router.post(
+        "/v1/overlay/say",
+        status_code=202,
+        openapi_extra=_say_schema(cfg.overlay_max_chars),
+        responses=error_responses(400, 429),
+    )
     async def overlay_say(request: Request) -> JSONResponse:
         try:
-            _check_key(request, api_key)
             text, voice, author = queue.parse_say(await _json_body(request))
             item, position = await shared.say(text, voice, author)
         except OverlayError as exc:
@@ -315,19 +326,11 @@ def create_overlay_router(cfg: ServerConfig, backend: OverlayBackend | None = No
         return JSONResponse({"id": item.id, "position": position}, status_code=202)
 
     @router.post("/v1/overlay/skip")
-    async def overlay_skip(request: Request) -> JSONResponse:
-        try:
-            _check_key(request, api_key)
-        except OverlayError as exc:
-            return exc.response()
+    async def overlay_skip() -> JSONResponse:
         return JSONResponse({"skipped": await shared.skip()})
 
     @router.post("/v1/overlay/clear")
-    async def overlay_clear(request: Request) -> JSONResponse:
-        try:
-            _check_key(request, api_key)
-        except OverlayError as exc:
-            return exc.response()
+    async def overlay_clear() -> JSONResponse:
         removed, skipped = await shared.clear()
         return JSONResponse({"removed": removed, "skipped": skipped})
 

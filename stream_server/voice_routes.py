@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 
 from engine.base import UnknownVoiceError
 from engine.f5.voices import VoiceError, VoiceExistsError, VoiceStore, VoiceTooLargeError
+from stream_server.errors import error_responses
 
 __all__ = ["create_voice_router"]
 
@@ -87,7 +88,9 @@ def create_voice_router(get_store: Callable[[], VoiceStore | None]) -> APIRouter
     def not_supported() -> JSONResponse:
         return _error(409, "voices_not_supported", "this engine does not support custom voices")
 
-    @router.post("/v1/voices", status_code=201, openapi_extra=_UPLOAD_SCHEMA)
+    @router.post(
+        "/v1/voices", status_code=201, openapi_extra=_UPLOAD_SCHEMA, responses=error_responses(400, 409, 413)
+    )
     async def upload_voice(request: Request) -> Response:
         """Add a voice from a multipart form: ``name``, ``text`` (transcript), ``audio`` (file)."""
         store = get_store()
@@ -131,7 +134,7 @@ def create_voice_router(get_store: Callable[[], VoiceStore | None]) -> APIRouter
             {"name": voice.name, "duration_s": round(voice.duration_s, 3)}, status_code=201
         )
 
-    @router.delete("/v1/voices/{name}", status_code=204)
+    @router.delete("/v1/voices/{name}", status_code=204, responses=error_responses(404, 409))
     async def delete_voice(name: str) -> Response:
         """Remove a voice's files from the voices folder."""
         store = get_store()

@@ -10,9 +10,15 @@
 //                     (or was stopped); rejects when the server refuses it.
 //   .stop()           -> sends `clear` and silences playback at once (returns undefined).
 //   .ready            Promise resolved once voices and /v1/info are loaded.
+//
+// With access control on, the page asks for an API key once (or uses ?token= from its URL) and
+// streams with short-lived tokens: see auth.js.
 
+import { ACCESS_CODES, Credentials } from "./auth.js";
 import { StreamPlayer, opusUnavailableReason } from "./player.js";
 import { StreamSession } from "./session.js";
+
+const credentials = new Credentials();
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -139,6 +145,7 @@ function onMessage(msg) {
       break;
     case "error":
       showError(`${msg.code}: ${msg.message}`);
+      if (ACCESS_CODES.has(msg.code)) credentials.refused(msg.code);
       break;
   }
   render();
@@ -174,6 +181,7 @@ function openSession(t0) {
   ui.segments.replaceChildren();
   showSegment(null);
   const session = new StreamSession(player, {
+    url: () => credentials.wsUrl("/v1/stream"),
     onMessage,
     onClose: (event) => {
       if (state.session === session) {
@@ -289,10 +297,17 @@ function drawScope() {
 
 // --- start-up ---------------------------------------------------------------------------------------
 async function loadServerInfo() {
-  const [voices, info] = await Promise.all([
-    fetch("v1/voices").then((r) => r.json()),
-    fetch("v1/info").then((r) => r.json()),
-  ]);
+  const get = async (path) => {
+    const response = await credentials.fetch(path);
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      const err = body.error ?? body;
+      throw new Error(`${err.code ?? response.status}: ${err.message ?? response.statusText}`);
+    }
+    return response.json();
+  };
+  const info = await get("v1/info"); // first, alone: a 401 asks for the key once
+  const voices = await get("v1/voices");
   state.info = info;
   ui.enginePill.textContent = `${info.engine} · ${info.device}`;
   ui.voice.replaceChildren(
@@ -345,4 +360,5 @@ window.ttsDemo = {
   stop,
   ready,
   player,
+  credentials,
 };

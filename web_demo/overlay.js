@@ -5,12 +5,17 @@
 // reports {type:"played", id} and gets the next. {type:"skip", id} stops the current text at once.
 //
 // Query parameters: voice (default voice), size (font px, default 40), lines (max caption lines,
-// default 2), author=0 to hide author names.
+// default 2), author=0 to hide author names, token (a streaming token: short-lived, see auth.js).
+// With access control on, an OBS browser source uses the URL fragment #key=KEY once (stored in
+// its localStorage, removed from the URL); the page then streams with short-lived tokens.
 // For tests: window.ttsOverlay.stats = {spoken: [id...], captions: [text...], current, lastError,
 // connected, audioEnabled} and window.ttsOverlay.player.
 
+import { ACCESS_CODES, Credentials } from "./auth.js";
 import { StreamPlayer, opusUnavailableReason } from "./player.js";
-import { StreamSession, wsUrl } from "./session.js";
+import { StreamSession } from "./session.js";
+
+const credentials = new Credentials();
 
 const params = new URLSearchParams(window.location.search);
 const defaultVoice = params.get("voice") ?? "";
@@ -77,12 +82,14 @@ async function say(item) {
   current = entry;
   stats.current = item.id;
   const session = new StreamSession(player, {
+    url: () => credentials.wsUrl("/v1/stream"),
     onMessage: (msg) => {
       if (msg.type === "done") {
         entry.doneReceived = true;
         checkFinished();
       } else if (msg.type === "error") {
         stats.lastError = `${msg.code}: ${msg.message}`;
+        if (ACCESS_CODES.has(msg.code)) credentials.refused(msg.code);
       }
     },
     onClose: () => {
@@ -100,8 +107,15 @@ async function say(item) {
   }
 }
 
-function connectEvents(delayMs = 1000) {
-  const ws = new WebSocket(wsUrl("/v1/overlay/events"));
+async function connectEvents(delayMs = 1000) {
+  let ws;
+  try {
+    ws = new WebSocket(await credentials.wsUrl("/v1/overlay/events"));
+  } catch (err) {
+    stats.lastError = String(err.message ?? err); // e.g. the key was refused when minting
+    setTimeout(() => connectEvents(Math.min(delayMs * 2, 5000)), delayMs);
+    return;
+  }
   events = ws;
   ws.onopen = () => {
     stats.connected = true;
@@ -116,6 +130,11 @@ function connectEvents(delayMs = 1000) {
     }
     if (msg.type === "say") say(msg);
     else if (msg.type === "skip" && current?.item.id === msg.id) finish(false);
+    else if (msg.type === "error") {
+      stats.lastError = `${msg.code}: ${msg.message}`;
+      if (ACCESS_CODES.has(msg.code)) credentials.refused(msg.code);
+      if (msg.code === "unauthorized" && !credentials.key) credentials.askForKey(msg.message);
+    }
   };
   ws.onclose = () => {
     stats.connected = false;
@@ -146,4 +165,4 @@ async function main() {
 }
 
 main().catch((err) => (stats.lastError = String(err.message ?? err)));
-window.ttsOverlay = { stats, player };
+window.ttsOverlay = { stats, player, credentials };

@@ -17,13 +17,15 @@ const MAX_UNSENT = 4096; // typed characters while the socket opens; far more th
 export class StreamSession {
   /**
    * @param {import("./player.js").StreamPlayer} player
-   * @param {{onMessage?: Function, onClose?: Function}} handlers onMessage(msg) for every JSON
-   *   message (after the session handled it); onClose(event) once the socket is closed.
+   * @param {{onMessage?: Function, onClose?: Function, url?: () => Promise<string>}} handlers
+   *   onMessage(msg) for every JSON message (after the session handled it); onClose(event) once
+   *   the socket is closed; url() the socket's URL (e.g. with a token, see auth.js).
    */
   constructor(player, handlers = {}) {
     this.player = player;
     this.onMessage = handlers.onMessage ?? (() => {});
     this.onClose = handlers.onClose ?? (() => {});
+    this.url = handlers.url ?? (async () => wsUrl("/v1/stream"));
     this.ws = null;
     this.ready = null;
     this.lastSegment = -1;
@@ -42,8 +44,12 @@ export class StreamSession {
    */
   open(start, t0) {
     if (t0 !== undefined) this.turnStart = t0;
-    return new Promise((resolve, reject) => {
-      const ws = new WebSocket(wsUrl("/v1/stream"));
+    return this.url().then((url) => new Promise((resolve, reject) => {
+      if (this.closed) {
+        reject(new Error("session closed before it connected"));
+        return;
+      }
+      const ws = new WebSocket(url);
       ws.binaryType = "arraybuffer";
       this.ws = ws;
       ws.onopen = () => {
@@ -71,7 +77,7 @@ export class StreamSession {
         this.onClose(event);
       };
       ws.onerror = () => {}; // the close event that follows carries the outcome
-    });
+    }));
   }
 
   handle(msg) {
@@ -114,10 +120,10 @@ export class StreamSession {
   }
 
   send(msg) {
-    if (!this.ws) return;
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
-    else if (this.ws.readyState === WebSocket.CONNECTING && this.unsent.length < MAX_UNSENT) {
-      this.unsent.push(JSON.stringify(msg));
+    if (this.closed) return;
+    if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+    else if ((!this.ws || this.ws.readyState === WebSocket.CONNECTING) && this.unsent.length < MAX_UNSENT) {
+      this.unsent.push(JSON.stringify(msg)); // still finding the URL (token) or connecting
     }
   }
 
@@ -151,6 +157,7 @@ export class StreamSession {
   }
 
   close() {
-    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000);
+    if (!this.ws) this.closed = true; // still minting a token: never connect
+    else if (this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000);
   }
 }

@@ -10,6 +10,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from stream_server.auth import AccessControl
+from stream_server.auth_asgi import install_access_control
 from stream_server.config import ServerConfig
 from stream_server.overlay import OverlayQueue, create_overlay_router
 
@@ -24,6 +26,7 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
             cfg = dataclasses.replace(ServerConfig(), **overrides)
             app = FastAPI()
             app.include_router(create_overlay_router(cfg))
+            install_access_control(app, AccessControl(cfg, ()))  # the legacy overlay_api_key
             return stack.enter_context(TestClient(app))
 
         yield make
@@ -91,7 +94,8 @@ def test_api_key_required_for_posts_only(make_client: Callable[..., TestClient])
         assert client.post(path, json=body).status_code == 401
         assert client.post(path, json=body, headers={"X-API-Key": "wrong"}).status_code == 401
         assert (
-            client.post(path, json=body, headers={"Authorization": "Bearer wrong"}).json()["code"]
+            client.post(path, json=body, headers={"Authorization": "Bearer wrong"}).json()
+            ["error"]["code"]
             == "unauthorized"
         )
     assert (
