@@ -164,12 +164,15 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
 
 
 def _include_routers(app: FastAPI, hub: Hub) -> None:
-    """The voice upload router (F5 voice store; 409 for engines without one) and the overlay router."""
+    """The voice upload router (F5 voice store; 409 for engines without one), the overlay router and
+    the OpenAI-compatible speech API (stream_server/api)."""
+    from stream_server.api.openai_speech import create_openai_router
     from stream_server.overlay import create_overlay_router
     from stream_server.voice_routes import create_voice_router
 
     app.include_router(create_voice_router(lambda: getattr(hub.engine, "voice_store", None)))
     app.include_router(create_overlay_router(hub.config.server))
+    app.include_router(create_openai_router(hub))
 
 
 class StreamServer(uvicorn.Server):

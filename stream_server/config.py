@@ -46,6 +46,10 @@ class ServerConfig:
     overlay_queue_size: int = 32
     overlay_max_chars: int = 500
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # OpenAI-compatible speech API (stream_server/api, docs/INTEGRATIONS.md)
+    openai_max_input_chars: int = 4096  # `input` of POST /v1/audio/speech
+    # OpenAI voice name -> our voice, "alloy=en-us"; OpenAI names not listed use the default voice
+    openai_voice_aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         positive = (
@@ -58,6 +62,7 @@ class ServerConfig:
             "warmup_timeout_s",
             "overlay_queue_size",
             "overlay_max_chars",
+            "openai_max_input_chars",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -68,6 +73,12 @@ class ServerConfig:
             raise ValueError("server.max_protocol_errors must be >= 0")
         if self.max_message_chars > self.max_session_chars:
             raise ValueError("server.max_message_chars must be <= server.max_session_chars")
+        if self.openai_max_input_chars > self.max_session_chars:
+            raise ValueError("server.openai_max_input_chars must be <= server.max_session_chars")
+        for alias in self.openai_voice_aliases:
+            name, sep, target = alias.partition("=")
+            if not sep or not name.strip() or not target.strip():
+                raise ValueError(f"server.openai_voice_aliases: {alias!r} is not NAME=VOICE")
 
 
 @dataclass(frozen=True)
