@@ -82,11 +82,18 @@ def _drain(graph: av.filter.Graph) -> list[np.ndarray]:
 
 
 class TempoStretcher:
-    """Time-stretch s16le mono PCM by ``tempo`` (> 1 faster) with FFmpeg's ``atempo``; streaming."""
+    """Time-stretch s16le mono PCM by ``tempo`` (> 1 faster) with FFmpeg's ``atempo``; streaming.
+
+    ``atempo`` works in windows and drops part of the last one; ``flush`` feeds it silence and then
+    cuts or pads the output so that ``n_in`` samples give exactly ``round(n_in / tempo)``.
+    """
+
+    _FLUSH_PAD_S = 0.1
 
     def __init__(self, tempo: float, sample_rate: int = SPEECH_SAMPLE_RATE) -> None:
         if not MIN_TEMPO <= tempo <= MAX_TEMPO:
             raise ValueError(f"tempo must be {MIN_TEMPO}..{MAX_TEMPO}, got {tempo}")
+        self.tempo = tempo
         self.sample_rate = sample_rate
         self._graph = av.filter.Graph()
         src = self._graph.add_abuffer(
@@ -97,23 +104,37 @@ class TempoStretcher:
         src.link_to(stretch)
         stretch.link_to(sink)
         self._graph.configure()
-        self._pts = 0
+        self.n_in = 0
+        self.n_out = 0
+
+    def _push(self, pcm: np.ndarray) -> None:
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.pts = self.n_in
+        self._graph.push(frame)
+
+    def _pull(self) -> np.ndarray:
+        parts = _drain(self._graph)
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
     def process(self, pcm: np.ndarray) -> np.ndarray:
         """int16 ``(n,)`` in -> the stretched int16 samples that are final now."""
         if pcm.shape[0]:
-            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = self.sample_rate
-            frame.pts = self._pts
-            self._pts += pcm.shape[0]
-            self._graph.push(frame)
-        parts = _drain(self._graph)
-        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+            self._push(pcm)
+            self.n_in += pcm.shape[0]
+        out = self._pull()
+        self.n_out += out.shape[0]
+        return out
 
     def flush(self) -> np.ndarray:
+        """The rest, so that the whole output is ``round(n_in / tempo)`` samples."""
+        self._push(np.zeros(round(self._FLUSH_PAD_S * self.sample_rate), np.int16))
         self._graph.push(None)
-        parts = _drain(self._graph)
-        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+        rest = self._pull()
+        want = max(0, round(self.n_in / self.tempo) - self.n_out)
+        rest = rest[:want] if rest.shape[0] >= want else np.pad(rest, (0, want - rest.shape[0]))
+        self.n_out += rest.shape[0]
+        return rest
 
 
 class SpeechEncoder:

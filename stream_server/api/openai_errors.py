@@ -166,5 +166,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (429, "Rate limit of the key reached"),
         (500, "Synthesis failed"),
         (503, "Warming up, overloaded or shutting down"),
+        ("4XX", "Any other client error"),
     )
 }
