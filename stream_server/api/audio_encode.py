@@ -162,6 +162,11 @@ class SpeechEncoder:
         """Raw PCM at the engine's tempo: bytes pass through unchanged (no need for a thread)."""
         return self.format.container is None and self._stretch is None
 
+    def open(self) -> None:
+        """Set up the codec and muxer now (done on first use otherwise; idempotent)."""
+        if self._container is None and self.format.container is not None:
+            self._open()
+
     def _open(self) -> None:
         f = self.format
         self._container = av.open(

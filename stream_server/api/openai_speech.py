@@ -47,6 +47,10 @@ _SSE_TYPE = "text/event-stream"
 _STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 _OUTPUT_FRAME_S = 0.02  # usage.output_tokens counts 20 ms frames of audio
 _Pieces = AsyncGenerator[bytes | StreamFailure, None]
+# PCM per encoder call (s16le at 24 kHz): 150 ms for the first piece of a response (MP3 and AAC
+# need about 100 ms of audio before they emit a frame), then up to 1 s
+_FIRST_SLICE_BYTES = 2 * 3600
+_SLICE_BYTES = 2 * 24000
 
 
 class ModelCard(BaseModel):
@@ -98,8 +102,13 @@ class _ClosingStreamingResponse(StreamingResponse):
             await self._on_close()
 
 
-async def _encoded(stream: SpeechStream, encoder: SpeechEncoder) -> _Pieces:
-    """Body pieces in order; a failure before any audio raises its ``OpenAIError`` instead."""
+async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
+                   opened: Awaitable[None] | None = None) -> _Pieces:
+    """Body pieces in order; a failure before any audio raises its ``OpenAIError`` instead.
+
+    A batch is encoded in slices: the first slice of the response is short, so its first bytes
+    do not wait for a whole engine chunk to be encoded (about 2 % of the audio time for MP3).
+    """
     started = False
     async for event in stream.batches():
         if isinstance(event, StreamFailure):
@@ -110,12 +119,22 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder) -> _Pieces:
         batch: AudioBatch = event
         if encoder.passthrough:
             out = encoder.encode(batch.pcm)
+            if out:
+                started = True
+                yield out
         else:
-            out = await asyncio.to_thread(encoder.encode, batch.pcm)
-        if out:
-            started = True
-            yield out
-        stream.written(batch)  # after the yield: the piece has been sent
+            if opened is not None:
+                await opened
+                opened = None
+            pos = 0
+            while pos < len(batch.pcm):
+                size = _SLICE_BYTES if started else _FIRST_SLICE_BYTES
+                out = await asyncio.to_thread(encoder.encode, batch.pcm[pos : pos + size])
+                pos += size
+                if out:
+                    started = True
+                    yield out
+        stream.written(batch)  # after the yields: the pieces have been sent
     tail = encoder.finish() if encoder.passthrough else await asyncio.to_thread(encoder.finish)
     if tail:
         yield tail
@@ -192,11 +211,15 @@ def create_openai_router(hub: Hub, *, dependencies: Sequence[Any] = ()) -> APIRo
         encoder = SpeechEncoder(body.response_format, tempo=plan.tempo)
         stream = SpeechStream(hub, sid)
         streams.add(stream)
-        pieces = _encoded(stream, encoder)
+        # the codec opens on a thread while the engine makes the first audio
+        opened = None if encoder.passthrough else asyncio.ensure_future(asyncio.to_thread(encoder.open))
+        pieces = _encoded(stream, encoder, opened)
         sse = body.stream_format == "sse"
         body_iter = _sse_body(pieces, encoder, len(body.input)) if sse else _audio_body(pieces, sid)
 
         async def on_close() -> None:
+            if opened is not None and not opened.done():
+                await asyncio.wait([opened])  # the encoder is in use on its thread until then
             await body_iter.aclose()
             await pieces.aclose()
             stream.close()
