@@ -178,6 +178,7 @@ class SpeechEncoder:
         )
         if f.bit_rate is not None:
             self._stream.bit_rate = f.bit_rate
+        self._stream.codec_context.open(strict=False)  # else the first encode opens it
 
     def _encode_samples(self, samples: np.ndarray | None) -> bytes:
         if samples is not None and samples.shape[0] == 0:

@@ -47,9 +47,9 @@ _SSE_TYPE = "text/event-stream"
 _STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 _OUTPUT_FRAME_S = 0.02  # usage.output_tokens counts 20 ms frames of audio
 _Pieces = AsyncGenerator[bytes | StreamFailure, None]
-# PCM per encoder call (s16le at 24 kHz): 150 ms for the first piece of a response (MP3 and AAC
-# need about 100 ms of audio before they emit a frame), then up to 1 s
-_FIRST_SLICE_BYTES = 2 * 3600
+# PCM per encoder call (s16le at 24 kHz): 40 ms until the response's first bytes are out (MP3 and
+# AAC need 80-100 ms of audio before they emit a frame), then up to 1 s
+_FIRST_SLICE_BYTES = 2 * 960
 _SLICE_BYTES = 2 * 24000
 
 
