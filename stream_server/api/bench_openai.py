@@ -39,13 +39,13 @@ class SpeechResult:
     error: str | None = None
 
 
-async def post_speech(base_url: str, body: dict[str, Any], api_key: str | None,
-                      timeout_s: float) -> SpeechResult:
+async def http_request(base_url: str, method: str, target: str, body: dict[str, Any] | None,
+                       api_key: str | None, timeout_s: float) -> SpeechResult:
     """One request; never raises for server trouble (the error is in the result)."""
     res = SpeechResult()
     parts = urlsplit(base_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    payload = json.dumps(body).encode()
+    payload = b"" if body is None else json.dumps(body).encode()
     headers = [("Host", f"{host}:{port}"), ("Content-Type", "application/json"),
                ("Content-Length", str(len(payload))), ("Connection", "close")]
     if api_key:
@@ -56,7 +56,7 @@ async def post_speech(base_url: str, body: dict[str, Any], api_key: str | None,
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port)
-            writer.write(conn.send(h11.Request(method="POST", target="/v1/audio/speech", headers=headers)))
+            writer.write(conn.send(h11.Request(method=method, target=target, headers=headers)))
             writer.write(conn.send(h11.Data(data=payload)))
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
@@ -90,7 +90,8 @@ async def _http_level(args: argparse.Namespace, texts: list[str], clients: int, 
         for r in range(args.rounds):
             body = {"model": "tts-1", "voice": args.voice, "input": texts[(r * clients + i) % len(texts)],
                     "response_format": fmt}
-            out.append(await post_speech(args.url, body, args.api_key, args.timeout))
+            out.append(await http_request(args.url, "POST", "/v1/audio/speech", body, args.api_key,
+                                          args.timeout))
         return out
 
     per_client = await asyncio.gather(*(client(i) for i in range(clients)))
@@ -121,6 +122,9 @@ def _row(label: str, clients: int, values: list[float], errors: int) -> dict[str
 
 async def run_levels(args: argparse.Namespace) -> list[dict[str, Any]]:
     texts = load_texts(args.texts)
+    probe = await http_request(args.url, "GET", "/healthz", None, None, args.timeout)
+    if probe.error is not None:
+        raise BenchError(f"{args.url}/healthz: {probe.error} (is the server up and warm?)")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     rows = []
     for clients in parse_levels(args.clients):
@@ -184,6 +188,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-cost", default="mp3,aac",
                    help="formats whose encoder cost to measure in-process ('' = skip)")
     p.add_argument("--encoder-repeats", type=int, default=3, help="encoder runs per format (median)")
+    p.add_argument("--encoder-texts", type=int, default=5, help="paragraphs synthesized for the encoders")
     p.add_argument("--json", default=None, help="write the rows and costs to this JSON file")
 
 
@@ -194,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         rows = asyncio.run(run_levels(args))
         cost_formats = [f.strip() for f in args.encoder_cost.split(",") if f.strip()]
-        cost = encoder_cost(load_texts(args.texts), cost_formats, args.encoder_repeats) if cost_formats else {}
+        texts = load_texts(args.texts)[: args.encoder_texts]
+        cost = encoder_cost(texts, cost_formats, args.encoder_repeats) if cost_formats else {}
     except BenchError as exc:
         print(f"stream-tts bench-openai: {exc}", file=sys.stderr)
         return 1
