@@ -98,8 +98,9 @@ class OpenAIError(Exception):
 
 
 def _param(loc: Sequence[Any]) -> str | None:
+    """The request field an error is about (``voice`` for ``("body", "voice", "str")``)."""
     parts = [str(p) for p in loc[1:]] if loc and loc[0] == "body" else [str(p) for p in loc]
-    return ".".join(parts) or None
+    return parts[0] if parts else None
 
 
 def from_validation(exc: RequestValidationError) -> OpenAIError:
@@ -107,12 +108,14 @@ def from_validation(exc: RequestValidationError) -> OpenAIError:
     errors = list(exc.errors())
     if not errors:
         return OpenAIError(400, "invalid request body", code="invalid_request")
-    first = errors[0]
+    # an unknown field anywhere wins (a union like `voice` reports its other branches first)
+    first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
     kind = str(first.get("type", ""))
     loc = tuple(first.get("loc", ()))
     param = _param(loc)
     if kind == "extra_forbidden":
-        return OpenAIError(400, f"Unrecognized request argument supplied: {param}", param=param,
+        name = str(loc[-1]) if loc else param
+        return OpenAIError(400, f"Unrecognized request argument supplied: {name}", param=param,
                            code="unknown_parameter")
     if kind == "json_invalid":
         return OpenAIError(400, "We could not parse the JSON body of your request.", code="invalid_json")
@@ -122,6 +125,8 @@ def from_validation(exc: RequestValidationError) -> OpenAIError:
         return OpenAIError(400, f"Missing required parameter: '{param}'.", param=param,
                            code="missing_required_parameter")
     msg = str(first.get("msg", "invalid value"))
+    if param is None:
+        return OpenAIError(400, f"The request body must be a JSON object: {msg}", code="invalid_request")
     return OpenAIError(400, f"Invalid value for '{param}': {msg}", param=param, code="invalid_value")
 
 

@@ -120,3 +120,23 @@ def test_openapi_schema_documents_request_and_audio_types() -> None:
             "/OpenAIErrorBody")
     for path in ("/v1/models", "/v1/models/{model_id}", "/v1/audio/voices"):
         assert "200" in schema["paths"][path]["get"]["responses"]
+
+
+def test_validation_errors_name_the_top_level_field() -> None:
+    from fastapi.testclient import TestClient
+
+    app = create_app(make_config(), SineBurstEngine())
+    client = TestClient(app)  # no lifespan: validation answers before the engine is needed
+    cases = [
+        ({"model": "tts-1", "input": "hi", "voice": 12}, "voice", "invalid_value"),
+        ({"model": "tts-1", "input": "hi", "voice": {"id": "x", "name": "y"}}, "voice", "unknown_parameter"),
+        ({"model": "tts-1", "voice": "alloy"}, "input", "missing_required_parameter"),
+        (["not", "an", "object"], None, "invalid_request"),
+    ]
+    for body, param, code in cases:
+        response = client.post("/v1/audio/speech", json=body)
+        assert response.status_code == 400, body
+        error = response.json()["error"]
+        assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+    response = client.post("/v1/audio/speech", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
