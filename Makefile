@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	./scripts/sysdeps.sh test
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ray]'
 	# the reference implementation, used only as a test oracle (no trainer deps)
 	$(PY) -m pip install -q --no-deps f5-tts==1.1.22
 	touch $@

@@ -85,6 +85,7 @@ class Hub:
         self.metrics = metrics
         self.engine = engine
         self.engine_reason = engine_reason
+        self.replica = ""  # this server's name among several (Ray Serve replicas); "" alone
         self.scheduler: Scheduler | None = None
         self.connections: set[Connection] = set()
         self.warm = False
@@ -115,6 +116,7 @@ class Hub:
             sample_rate=eng.sample_rate,
             default_voice=eng.default_voice,
             voice_names=lambda: {v.name for v in eng.voices()},
+            replica=self.replica,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

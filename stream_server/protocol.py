@@ -95,6 +95,7 @@ class Ready:
     sample_rate: int
     frame_ms: int
     channels: int = 1
+    replica: str = ""  # the server replica serving the session (Ray Serve); "" on a single server
 
 
 @dataclass(frozen=True)

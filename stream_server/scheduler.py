@@ -181,6 +181,10 @@ class Scheduler:
             if self._thread.is_alive():
                 log.error("engine worker did not stop within %.0f s", timeout_s)
 
+    def alive(self) -> bool:
+        """The worker thread is running (health checks)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         """Run ``fn`` on the worker thread between chunks (warm-up); await it with wrap_future."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()

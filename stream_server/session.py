@@ -71,6 +71,7 @@ class EngineInfo:
     sample_rate: int
     default_voice: str
     voice_names: Callable[[], Collection[str]]
+    replica: str = ""  # which server replica runs the session ("" = a single server)
 
 
 class SessionMetrics(Protocol):
@@ -264,6 +265,7 @@ class Session:
             format=fmt,
             sample_rate=rate,
             frame_ms=self.config.audio.frame_ms,
+            replica=self.engine.replica,
         )
         return [Send(OutItem(None, ready))]
 
