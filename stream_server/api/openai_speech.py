@@ -51,6 +51,7 @@ _Pieces = AsyncGenerator[bytes | StreamFailure, None]
 # AAC need 80-100 ms of audio before they emit a frame), then up to 1 s
 _FIRST_SLICE_BYTES = 2 * 960
 _SLICE_BYTES = 2 * 24000
+_SILENCE_BYTES = 2 * 2400  # 100 ms: the answer to an input with nothing to speak
 
 
 class ModelCard(BaseModel):
@@ -135,6 +136,11 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
                     started = True
                     yield out
         stream.written(batch)  # after the yields: the pieces have been sent
+    if encoder.samples_in == 0:  # nothing speakable (only emoji or punctuation): a valid, short file
+        silence = bytes(_SILENCE_BYTES)
+        out = encoder.encode(silence) if encoder.passthrough else await asyncio.to_thread(encoder.encode, silence)
+        if out:
+            yield out
     tail = encoder.finish() if encoder.passthrough else await asyncio.to_thread(encoder.finish)
     if tail:
         yield tail

@@ -180,3 +180,10 @@ def test_503_while_warming_up() -> None:
         assert info.value.status_code == 503
         assert info.value.response.headers["retry-after"]
         assert isinstance(info.value.body, dict) and info.value.body["code"] == "warming_up"
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "pcm"])
+def test_nothing_speakable_gives_a_short_valid_file(client: openai.OpenAI, fmt: str) -> None:
+    data, _, _ = speak(client, input="... 😀", response_format=fmt)  # the chunker finds no segment
+    pcm, rate = decode(data, fmt)
+    assert 0.1 <= len(pcm) / rate <= 0.2 and float(np.max(np.abs(pcm))) < 1e-3  # silence
