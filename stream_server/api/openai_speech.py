@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
 import logging
 import math
@@ -104,12 +105,16 @@ class _ClosingStreamingResponse(StreamingResponse):
 
 
 async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
-                   opened: Awaitable[None] | None = None) -> _Pieces:
+                   opened: Awaitable[None] | None = None,
+                   first_pool: concurrent.futures.Executor | None = None) -> _Pieces:
     """Body pieces in order; a failure before any audio raises its ``OpenAIError`` instead.
 
     A batch is encoded in slices: the first slice of the response is short, so its first bytes
     do not wait for a whole engine chunk to be encoded (about 2 % of the audio time for MP3).
+    Slices before the first bytes run on ``first_pool``, so they do not queue behind the bulk
+    encoding of other responses (on the default executor).
     """
+    loop = asyncio.get_running_loop()
     started = False
     async for event in stream.batches():
         if isinstance(event, StreamFailure):
@@ -130,7 +135,8 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
             pos = 0
             while pos < len(batch.pcm):
                 size = _SLICE_BYTES if started else _FIRST_SLICE_BYTES
-                out = await asyncio.to_thread(encoder.encode, batch.pcm[pos : pos + size])
+                piece = batch.pcm[pos : pos + size]
+                out = await loop.run_in_executor(None if started else first_pool, encoder.encode, piece)
                 pos += size
                 if out:
                     started = True
@@ -186,6 +192,8 @@ def create_openai_router(hub: Hub, *, dependencies: Sequence[Any] = ()) -> APIRo
     server = hub.config.server
     aliases = parse_aliases(server.openai_voice_aliases)
     streams: set[SpeechStream] = set()
+    # the first bytes of each response are encoded here (idle threads exit with the router)
+    first_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="speech-first-audio")
 
     def check_capacity() -> None:
         if hub.shutting_down:
@@ -218,8 +226,9 @@ def create_openai_router(hub: Hub, *, dependencies: Sequence[Any] = ()) -> APIRo
         stream = SpeechStream(hub, sid)
         streams.add(stream)
         # the codec opens on a thread while the engine makes the first audio
-        opened = None if encoder.passthrough else asyncio.ensure_future(asyncio.to_thread(encoder.open))
-        pieces = _encoded(stream, encoder, opened)
+        opened = None if encoder.passthrough else asyncio.ensure_future(
+            asyncio.get_running_loop().run_in_executor(first_pool, encoder.open))
+        pieces = _encoded(stream, encoder, opened, first_pool)
         sse = body.stream_format == "sse"
         body_iter = _sse_body(pieces, encoder, len(body.input)) if sse else _audio_body(pieces, sid)
 
