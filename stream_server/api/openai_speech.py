@@ -49,9 +49,10 @@ _STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 _OUTPUT_FRAME_S = 0.02  # usage.output_tokens counts 20 ms frames of audio
 _Pieces = AsyncGenerator[bytes | StreamFailure, None]
 # PCM per encoder call (s16le at 24 kHz): 40 ms until the response's first bytes are out (MP3 and
-# AAC need 80-100 ms of audio before they emit a frame), then up to 1 s
+# AAC need 80-100 ms of audio before they emit a frame), then 200 ms. PyAV keeps the GIL while it
+# encodes, so a call is also the longest the event loop can be held up (~5 ms of CPU for MP3).
 _FIRST_SLICE_BYTES = 2 * 960
-_SLICE_BYTES = 2 * 24000
+_SLICE_BYTES = 2 * 4800
 _SILENCE_BYTES = 2 * 2400  # 100 ms: the answer to an input with nothing to speak
 
 
@@ -106,14 +107,16 @@ class _ClosingStreamingResponse(StreamingResponse):
 
 async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
                    opened: Awaitable[None] | None = None,
-                   first_pool: concurrent.futures.Executor | None = None) -> _Pieces:
+                   pools: tuple[concurrent.futures.Executor, concurrent.futures.Executor] | None = None) -> _Pieces:
     """Body pieces in order; a failure before any audio raises its ``OpenAIError`` instead.
 
     A batch is encoded in slices: the first slice of the response is short, so its first bytes
     do not wait for a whole engine chunk to be encoded (about 2 % of the audio time for MP3).
-    Slices before the first bytes run on ``first_pool``, so they do not queue behind the bulk
-    encoding of other responses (on the default executor).
+    ``pools`` = (first, bulk): slices before the first bytes run on the first pool, so they do not
+    queue behind other responses' bulk encoding; the bulk pool (one thread) caps what encoding
+    takes from the engine and the event loop when many responses run at once.
     """
+    first_pool, bulk_pool = pools if pools is not None else (None, None)
     loop = asyncio.get_running_loop()
     started = False
     async for event in stream.batches():
@@ -136,7 +139,7 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
             while pos < len(batch.pcm):
                 size = _SLICE_BYTES if started else _FIRST_SLICE_BYTES
                 piece = batch.pcm[pos : pos + size]
-                out = await loop.run_in_executor(None if started else first_pool, encoder.encode, piece)
+                out = await loop.run_in_executor(bulk_pool if started else first_pool, encoder.encode, piece)
                 pos += size
                 if out:
                     started = True
@@ -144,10 +147,11 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
         stream.written(batch)  # after the yields: the pieces have been sent
     if encoder.samples_in == 0:  # nothing speakable (only emoji or punctuation): a valid, short file
         silence = bytes(_SILENCE_BYTES)
-        out = encoder.encode(silence) if encoder.passthrough else await asyncio.to_thread(encoder.encode, silence)
+        out = encoder.encode(silence) if encoder.passthrough else await loop.run_in_executor(
+            bulk_pool, encoder.encode, silence)
         if out:
             yield out
-    tail = encoder.finish() if encoder.passthrough else await asyncio.to_thread(encoder.finish)
+    tail = encoder.finish() if encoder.passthrough else await loop.run_in_executor(bulk_pool, encoder.finish)
     if tail:
         yield tail
 
@@ -192,8 +196,9 @@ def create_openai_router(hub: Hub, *, dependencies: Sequence[Any] = ()) -> APIRo
     server = hub.config.server
     aliases = parse_aliases(server.openai_voice_aliases)
     streams: set[SpeechStream] = set()
-    # the first bytes of each response are encoded here (idle threads exit with the router)
+    # encoder threads (see _encoded); idle threads exit when the router is collected
     first_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="speech-first-audio")
+    bulk_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="speech-encode")
 
     def check_capacity() -> None:
         if hub.shutting_down:
@@ -228,7 +233,7 @@ def create_openai_router(hub: Hub, *, dependencies: Sequence[Any] = ()) -> APIRo
         # the codec opens on a thread while the engine makes the first audio
         opened = None if encoder.passthrough else asyncio.ensure_future(
             asyncio.get_running_loop().run_in_executor(first_pool, encoder.open))
-        pieces = _encoded(stream, encoder, opened, first_pool)
+        pieces = _encoded(stream, encoder, opened, (first_pool, bulk_pool))
         sse = body.stream_format == "sse"
         body_iter = _sse_body(pieces, encoder, len(body.input)) if sse else _audio_body(pieces, sid)
 
