@@ -12,11 +12,14 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import WebSocket, WebSocketDisconnect
 
 from engine.base import Engine
 from stream_server.actions import Action, CancelJobs, Close, OutItem, Send, Submit
+from stream_server.batch_policy import BatchPolicy
+from stream_server.batch_worker import make_scheduler
 from stream_server.config import AppConfig
 from stream_server.errors import CLOSE_INTERNAL_ERROR, ProtocolError, SessionLimitError
 from stream_server.metrics import ServerMetrics
@@ -77,6 +80,14 @@ class Outbox:
         return self._items.popleft()
 
 
+class OpenConnection(Protocol):
+    """What ``Hub`` needs of an open WebSocket of any API (``/v1/stream``, ``stream_server.api``)."""
+
+    finished: asyncio.Event
+
+    def shutdown(self) -> None: ...
+
+
 class Hub:
     """App-wide state shared by all connections."""
 
@@ -87,7 +98,7 @@ class Hub:
         self.engine_reason = engine_reason
         self.replica = ""  # this server's name among several (Ray Serve replicas); "" alone
         self.scheduler: Scheduler | None = None
-        self.connections: set[Connection] = set()
+        self.connections: set[OpenConnection] = set()
         self.warm = False
         self.warmup_s: float | None = None
         self.warmup_error: str | None = None
@@ -122,8 +133,10 @@ class Hub:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.config.server
         # every session keeps at most 2 segments at the scheduler (session.SUBMIT_AHEAD)
-        self.scheduler = Scheduler(
-            self.require_engine(), self.config.audio, max_jobs=2 * s.max_sessions + 8, max_ahead_s=s.max_ahead_s
+        self.scheduler = make_scheduler(
+            self.require_engine(), self.config.audio, max_jobs=2 * s.max_sessions + 8, max_ahead_s=s.max_ahead_s,
+            on_fault=self.metrics.observe_engine_fault, on_step=self.metrics.observe_step,
+            policy=BatchPolicy(s.batch_marginal_ratio, s.batch_ride_along_ratio),
         )
         self.scheduler.start(loop)
 

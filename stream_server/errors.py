@@ -44,7 +44,7 @@ _KINDS = (
     ErrorKind("text_too_long", None, True, "text over the per-message limit; the message is dropped"),
     ErrorKind("session_text_limit", None, False, "the session's total text limit is reached; text is dropped"),
     ErrorKind("unknown_voice", None, False, "the voice is not one of GET /v1/voices"),
-    ErrorKind("unsupported_format", None, False, "format is not one of opus, pcm_s16le"),
+    ErrorKind("unsupported_format", None, False, "format is not one of opus, pcm_s16le, ulaw, alaw"),
     ErrorKind("unsupported_sample_rate", None, False, "sample_rate is not supported for this format"),
     ErrorKind("invalid_option", None, False, "an option is out of range"),
     ErrorKind("binary_not_allowed", None, True, "clients send JSON text frames only"),
@@ -58,6 +58,8 @@ _KINDS = (
     ErrorKind("shutting_down", CLOSE_GOING_AWAY, False, "the server is shutting down"),
     # engine errors (engine.base.EngineError.code): one segment failed, the session continues
     ErrorKind("engine_error", None, False, "the engine failed on one segment"),
+    ErrorKind("engine_fault", None, False, "unexpected engine failure on one segment (logged); it is skipped"),
+    ErrorKind("out_of_memory", None, False, "the device ran out of memory even for this segment alone; it is skipped"),
     ErrorKind("weights_not_found", None, False, "the engine's model files are missing"),
     ErrorKind("checkpoint_error", None, False, "the engine's checkpoint does not load"),
     ErrorKind("invalid_voice", None, False, "the voice's reference clip is unusable"),

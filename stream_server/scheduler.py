@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.audio import SegmentShaper
 from engine.base import Engine, EngineError, SynthOptions
-from engine.codec import make_encoder
+from engine.codec import encoded_seconds, make_encoder
 from engine.config import AudioConfig
 from stream_server.errors import SessionLimitError
 
@@ -50,8 +50,9 @@ class SynthRequest:
     text: str
     voice: str
     options: SynthOptions
-    format: str  # "opus" | "pcm_s16le"
+    format: str  # "opus" | "pcm_s16le" | "ulaw" | "alaw" (| "mp3" | "ogg_opus": ElevenLabs API)
     sample_rate: int  # output rate of the encoder, Hz
+    bitrate: int | None = None  # bit/s for opus / mp3 / ogg_opus; None = the format's default
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,8 @@ class _Job:
 
 
 def packet_seconds(request: SynthRequest, packet: bytes, frame_ms: float) -> float:
-    """Duration of one binary audio message: an Opus packet is one frame; PCM is 2 bytes/sample."""
-    if request.format == "opus":
-        return frame_ms / 1000.0
-    return len(packet) / 2 / request.sample_rate
+    """Duration of one binary audio message (``engine.codec.encoded_seconds``)."""
+    return encoded_seconds(request.format, request.sample_rate, packet, frame_ms)
 
 
 def pick_next(channels: Iterable[Channel], max_ahead_s: float) -> _Job | None:
@@ -145,8 +144,17 @@ class Scheduler:
         max_ahead_s: per-session limit of audio produced but not yet written.
     """
 
-    def __init__(self, engine: Engine, audio: AudioConfig, *, max_jobs: int, max_ahead_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        audio: AudioConfig,
+        *,
+        max_jobs: int,
+        max_ahead_s: float,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> None:
         self.engine = engine
+        self.on_fault = on_fault or (lambda kind: None)  # counts engine faults ("exception", "oom")
         self.audio = audio
         self.max_jobs = max_jobs
         self.max_ahead_s = max_ahead_s
@@ -307,7 +315,9 @@ class Scheduler:
         if job.gen is None:
             with self._cond:  # nothing of this session is playing: its listener waits for this
                 fast_start = job.channel.clock_start is None
-            job.encoder = make_encoder(req.format, req.sample_rate, self.audio, self.engine.sample_rate)
+            job.encoder = make_encoder(
+                req.format, req.sample_rate, self.audio, self.engine.sample_rate, bitrate=req.bitrate
+            )
             job.shaper = SegmentShaper(
                 self.engine.sample_rate, self.audio.fade_in_ms, self.audio.fade_out_ms, self.audio.pause_ms
             )
@@ -336,7 +346,8 @@ class Scheduler:
         except Exception:
             log.exception("session %s segment %d: synthesis failed", job.channel.session_id,
                           job.request.index)
-            failure = ("internal_error", "internal error while synthesizing this segment")
+            self.on_fault("exception")  # contained: the segment fails, the session goes on
+            failure = ("engine_fault", "the engine failed on this segment; it was skipped")
         elapsed = time.perf_counter() - t0
         frame_ms = float(self.audio.frame_ms)
         audio_s = sum(packet_seconds(job.request, p, frame_ms) for p in packets)
