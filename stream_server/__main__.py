@@ -22,6 +22,7 @@ from stream_server.errors import ConfigError
 _LAZY = {
     "bench": ("stream_server.bench", "TTFA / RTF / underrun benchmark against a running server"),
     "bench-engine": ("stream_server.bench_engine", "per-stage engine timing (no server)"),
+    "bench-openai": ("stream_server.api.bench_openai", "POST /v1/audio/speech time to first byte, encoder cost"),
     "download": ("stream_server.download", "fetch the F5-TTS and Vocos weights"),
     "serve-ray": ("stream_server.ray_serve", "run the server on Ray Serve (replicas, autoscaling)"),
 }

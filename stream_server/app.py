@@ -230,13 +230,15 @@ def create_app(
 
 def _include_routers(app: FastAPI, hub: Hub, overlay: OverlayBackend | None) -> None:
     """The voice upload router (F5 voice store; 409 for engines without one), the overlay router,
-    and the compatible APIs (``stream_server.api``)."""
+    and the compatible APIs (``stream_server.api``: OpenAI speech, ElevenLabs WebSockets)."""
     from stream_server.api.elevenlabs_routes import register_elevenlabs_routes
+    from stream_server.api.openai_speech import create_openai_router
     from stream_server.overlay import create_overlay_router
     from stream_server.voice_routes import create_voice_router
 
     app.include_router(create_voice_router(lambda: getattr(hub.engine, "voice_store", None)))
     app.include_router(create_overlay_router(hub.config.server, overlay))
+    app.include_router(create_openai_router(hub))
     register_elevenlabs_routes(app, hub)
 
 

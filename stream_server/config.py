@@ -73,6 +73,10 @@ class ServerConfig:
     metrics_public: bool = True  # False: GET /metrics needs a key too
     key_max_sessions: int = 16  # concurrent streaming sessions per key; 0 = no limit
     key_requests_per_minute: int = 600  # requests and session opens per key; 0 = no limit
+    # OpenAI-compatible speech API (stream_server/api, docs/INTEGRATIONS.md)
+    openai_max_input_chars: int = 4096  # `input` of POST /v1/audio/speech
+    # OpenAI voice name -> our voice, "alloy=en-us"; OpenAI names not listed use the default voice
+    openai_voice_aliases: tuple[str, ...] = ()
     # ElevenLabs-compatible API: estimated per-character alignment with the audio (each segment's
     # audio then waits until the segment is synthesized) when the client asks (sync_alignment=true)
     # or always (for clients such as Pipecat that use it but cannot ask)
@@ -92,6 +96,7 @@ class ServerConfig:
             "overlay_queue_size",
             "overlay_max_chars",
             "engine_watchdog_s",
+            "openai_max_input_chars",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -114,6 +119,12 @@ class ServerConfig:
             raise ValueError("server.key_max_sessions and key_requests_per_minute must be >= 0")
         if self.max_message_chars > self.max_session_chars:
             raise ValueError("server.max_message_chars must be <= server.max_session_chars")
+        if self.openai_max_input_chars > self.max_session_chars:
+            raise ValueError("server.openai_max_input_chars must be <= server.max_session_chars")
+        for alias in self.openai_voice_aliases:
+            name, sep, target = alias.partition("=")
+            if not sep or not name.strip() or not target.strip():
+                raise ValueError(f"server.openai_voice_aliases: {alias!r} is not NAME=VOICE")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""Streaming behaviour of POST /v1/audio/speech: the body starts before synthesis ends, a reader
+that does not read parks the session (bounded buffering), a client that leaves frees everything."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+
+from stream_server.api.speech_stream import AudioBatch, SpeechStream, StreamFailure
+from stream_server.app import create_app
+from stream_server.config import AppConfig, ServerConfig
+from stream_server.connection import Hub
+from stream_server.metrics import ServerMetrics
+from tests.server_fixtures import SineBurstEngine, make_config, poll_until, serve_app
+
+SENTENCES = [f"Sentence number {i} is long enough to be a segment of its own." for i in range(4)]
+TEXT = " ".join(SENTENCES)
+
+
+def test_first_bytes_arrive_while_later_segments_are_not_synthesized_yet() -> None:
+    # 60 ms chunks that each take 30 ms to make: the whole text takes over a second
+    engine = SineBurstEngine(delay_s=0.03)
+    with serve_app(create_app(make_config(), engine)) as url, \
+            openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
+        t0 = time.monotonic()
+        with client.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="alloy", input=TEXT, response_format="mp3"
+        ) as response:
+            chunks = response.iter_bytes()
+            first = next(chunks)
+            first_s = time.monotonic() - t0
+            calls_at_first = len(engine.calls)
+            rest = b"".join(chunks)
+        total_s = time.monotonic() - t0
+    assert first and rest
+    assert calls_at_first < len(SENTENCES)  # later segments were not even started
+    assert len(engine.calls) == len(SENTENCES)
+    assert first_s < total_s / 2
+
+
+async def test_unread_audio_parks_the_session_until_the_writer_catches_up() -> None:
+    engine = SineBurstEngine()
+    config = AppConfig(server=ServerConfig(port=0, max_ahead_s=0.5))
+    hub = Hub(config, ServerMetrics(), engine, "test")
+    hub.start(asyncio.get_running_loop())
+    stream = SpeechStream(hub, "t")
+    try:
+        stream.begin(TEXT, "low", 1.0)
+        batches = stream.batches()
+        first = await anext(batches)
+        assert isinstance(first, AudioBatch)
+        await asyncio.sleep(0.5)  # nothing is written: the worker must stop after max_ahead_s
+        channel = stream.channel
+        assert channel.produced_s - channel.written_s < 0.5 + 0.7  # + one segment's last chunk
+        assert len(engine.calls) < len(SENTENCES)
+        stream.written(first)
+        total = first.audio_s
+        async for event in batches:
+            assert not isinstance(event, StreamFailure)
+            stream.written(event)
+            total += event.audio_s
+        assert len(engine.calls) == len(SENTENCES)
+        assert abs(total - sum(len(s) * 0.01 + 0.12 for s in SENTENCES)) < 0.01
+    finally:
+        stream.close()
+        await asyncio.to_thread(hub.stop)
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_session() -> None:
+    engine = SineBurstEngine(delay_s=0.05)
+    app = create_app(make_config(), engine)
+    hub = app.state.hub
+    with serve_app(app) as url, httpx.Client(timeout=10.0) as client:
+        body = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": "pcm"}
+        with client.stream("POST", url + "/v1/audio/speech", json=body) as response:
+            assert response.status_code == 200
+            next(response.iter_bytes())
+        # the connection is closed with most of the text unsynthesized
+
+        async def freed() -> None:
+            await poll_until(lambda: hub.scheduler.channel_count() == 0 and hub.scheduler.job_count() == 0,
+                             timeout_s=10.0)
+
+        asyncio.run(freed())
+        assert len(engine.closed) <= 1  # the in-flight segment's generator was closed
+        assert len(engine.calls) < len(SENTENCES)
