@@ -125,8 +125,6 @@ def create_app(
 
     app = FastAPI(title="stream-tts", version=str(PROTOCOL_VERSION), lifespan=lifespan)
     app.state.hub = hub
-    if replica:
-        app.add_middleware(ReplicaHeader, replica=replica)
     app.add_middleware(DrainGate, hub=hub)
 
     @app.get("/healthz", responses={503: {"description": "warming up, or warm-up failed"}})
@@ -214,6 +212,8 @@ def create_app(
         app.include_router(router)
     access = access or AccessControl.from_config(config.server)
     install_access_control(app, access, on_refusal=hub.metrics.observe_error)
+    if replica:  # outermost, so that refusals name the replica too
+        app.add_middleware(ReplicaHeader, replica=replica)
 
     web_dir = _web_demo_dir()
 

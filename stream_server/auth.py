@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from stream_server.config import ServerConfig
@@ -143,6 +144,21 @@ class _Bucket:
         return (1.0 - self.level) / self.rate_s
 
 
+class SharedLimits(Protocol):
+    """Per-key limits kept outside this process, shared by several server replicas (Ray Serve:
+    ``stream_server.ray_serve``). Same limits and errors as ``AccessControl.admit`` / ``lease``."""
+
+    async def admit(self, key_id: str) -> None:
+        """Raises ``AccessError`` (``rate_limited``)."""
+        ...
+
+    async def lease(self, key_id: str) -> str:
+        """A lease id; raises ``AccessError`` (``too_many_sessions``)."""
+        ...
+
+    async def release(self, lease_id: str) -> None: ...
+
+
 class SessionLease:
     """One open session counted against its key; ``release()`` is idempotent."""
 
@@ -184,6 +200,8 @@ class AccessControl:
         self._monotonic = monotonic
         self._buckets: dict[str, _Bucket] = {}
         self._sessions: dict[str, int] = {}
+        # set by a host running several replicas: the per-key limits then live there
+        self.shared: SharedLimits | None = None
 
     @classmethod
     def from_config(cls, cfg: ServerConfig, environ: Mapping[str, str] | None = None) -> AccessControl:

@@ -73,6 +73,7 @@ class RequestAuth:
         self.principal = principal
         self._session = session
         self._lease: SessionLease | None = None
+        self._shared_lease: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -86,6 +87,23 @@ class RequestAuth:
         self._access.admit(self.principal)
         if self._session:
             self._lease = self._access.lease(self.principal)
+
+    async def start_async(self) -> None:
+        """``start``, against the shared per-key limits when the app has them (several replicas)."""
+        access, principal = self._access, self.principal
+        shared = access.shared if access is not None else None
+        if shared is None or principal is None or principal.anonymous:
+            self.start()
+            return
+        await shared.admit(principal.key_id)
+        if self._session:
+            self._shared_lease = await shared.lease(principal.key_id)
+
+    async def release_async(self) -> None:
+        self.release()
+        lease, self._shared_lease = self._shared_lease, None
+        if lease is not None and self._access is not None and self._access.shared is not None:
+            await self._access.shared.release(lease)
 
     def complete(self, key: str | None) -> Principal:
         """Authenticate a pending socket with the key from its first message (no-op otherwise).
@@ -220,7 +238,7 @@ class AccessMiddleware:
             policy = access.policy(path, websocket=websocket, method=scope.get("method", "GET"))
             principal = authenticate(access, scope, policy, websocket=websocket)
             auth = RequestAuth(access, principal, access.is_session(path, websocket=websocket))
-            auth.start()
+            await auth.start_async()
         except AccessError as exc:
             if self.on_refusal is not None:
                 self.on_refusal(exc.code)
@@ -233,7 +251,7 @@ class AccessMiddleware:
         try:
             await self.app(scope, receive, send)
         finally:
-            auth.release()
+            await auth.release_async()
 
 
 # --------------------------------------------------------------------------- POST /v1/tokens

@@ -29,13 +29,15 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import itertools
 import logging
+import secrets
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter
@@ -43,8 +45,15 @@ from fastapi.responses import JSONResponse
 
 from engine.base import Engine
 from engine.config import EngineConfig
-from stream_server.config import AppConfig, add_config_flags, load_config, overrides_from_args
-from stream_server.errors import ConfigError
+from stream_server.auth import AccessControl, Principal, SessionLease
+from stream_server.config import (
+    AppConfig,
+    ServerConfig,
+    add_config_flags,
+    load_config,
+    overrides_from_args,
+)
+from stream_server.errors import AccessError, ConfigError
 from stream_server.overlay import LocalOverlay, OverlayError, OverlayItem, OverlayQueue
 
 log = logging.getLogger("stream_server")
@@ -215,30 +224,103 @@ def overlay_actor(config: AppConfig) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- directory
-class ReplicaDirectoryImpl:
-    """Which replicas are up and where their metrics are (a named actor; entries are refreshed by
-    each replica's health check, so a dead replica drops out after ``_REPLICA_TTL_S``)."""
+class ClusterStateImpl:
+    """State of the whole deployment (a named actor): which replicas are up and where their
+    metrics are (refreshed by each replica's health check; a replica silent ``_REPLICA_TTL_S``
+    drops out), and the per-key limits all replicas share (``auth.SharedLimits``); the session
+    leases of a replica that dropped out are released with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: ServerConfig | None = None) -> None:
         self._entries: dict[str, tuple[dict[str, str], float]] = {}
+        self._access = AccessControl(server, ()) if server is not None else None
+        self._leases: dict[str, tuple[str, SessionLease]] = {}  # lease id -> (replica, lease)
+        self._ids = itertools.count(1)
 
     def heartbeat(self, replica: str, info: dict[str, str]) -> None:
         self._entries[replica] = (info, time.monotonic())
 
     def remove(self, replica: str) -> None:
         self._entries.pop(replica, None)
+        self._drop_leases({replica})
 
     def replicas(self) -> list[dict[str, str]]:
-        cutoff = time.monotonic() - _REPLICA_TTL_S
-        self._entries = {k: v for k, v in self._entries.items() if v[1] >= cutoff}
+        self._expire()
         return [{"replica": k, **info} for k, (info, _) in sorted(self._entries.items())]
+
+    def admit(self, key_id: str) -> tuple[str, Any]:
+        """("ok", None) or ("error", (code, message, status, retry_after_s))."""
+        assert self._access is not None
+        try:
+            self._access.admit(Principal(key_id, "key"))
+        except AccessError as exc:
+            return "error", (exc.code, exc.message, exc.status, exc.retry_after_s)
+        return "ok", None
+
+    def lease(self, replica: str, key_id: str) -> tuple[str, Any]:
+        """("ok", lease id) or ("error", ...) as ``admit``."""
+        assert self._access is not None
+        self._expire()
+        try:
+            lease = self._access.lease(Principal(key_id, "key"))
+        except AccessError as exc:
+            return "error", (exc.code, exc.message, exc.status, exc.retry_after_s)
+        lease_id = f"{replica}:{next(self._ids)}"
+        self._leases[lease_id] = (replica, lease)
+        return "ok", lease_id
+
+    def release(self, lease_id: str) -> None:
+        entry = self._leases.pop(lease_id, None)
+        if entry is not None:
+            entry[1].release()
+
+    def open_sessions(self, key_id: str) -> int:
+        return self._access.open_sessions(key_id) if self._access is not None else 0
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - _REPLICA_TTL_S
+        gone = {k for k, (_, seen) in self._entries.items() if seen < cutoff}
+        for replica in gone:
+            del self._entries[replica]
+        self._drop_leases(gone)
+
+    def _drop_leases(self, replicas: set[str]) -> None:
+        for lease_id, (replica, lease) in list(self._leases.items()):
+            if replica in replicas:
+                del self._leases[lease_id]
+                lease.release()
+
+
+class RaySharedLimits:
+    """``auth.SharedLimits`` over the cluster-state actor (one per replica)."""
+
+    def __init__(self, actor: Any, replica: str) -> None:
+        self.actor = actor
+        self.replica = replica
+
+    @staticmethod
+    def _check(status: str, value: Any) -> Any:
+        if status == "error":
+            code, message, http_status, retry = value
+            raise AccessError(code, message, http_status, retry_after_s=retry)
+        return value
+
+    async def admit(self, key_id: str) -> None:
+        self._check(*await self.actor.admit.remote(key_id))
+
+    async def lease(self, key_id: str) -> str:
+        lease_id: str = self._check(*await self.actor.lease.remote(self.replica, key_id))
+        return lease_id
+
+    async def release(self, lease_id: str) -> None:
+        with contextlib.suppress(Exception):  # the actor may be gone at shutdown
+            await self.actor.release.remote(lease_id)
 
 
 def _named_actor(cls: type, name: str, *args: Any) -> Any:
     """Get or create a named, detached helper actor (it outlives any one replica)."""
     import ray
 
-    actor_cls = ray.remote(num_cpus=0, max_restarts=-1)(cls)
+    actor_cls: Any = ray.remote(num_cpus=0, max_restarts=-1)(cls)
     return actor_cls.options(
         name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote(*args)
@@ -283,7 +365,7 @@ class StreamTTSReplica:
         self.options = options
         self.replica_id: str = serve.get_replica_context().replica_id.unique_id
         self.hub: Any = None
-        self.directory = _named_actor(ReplicaDirectoryImpl, DIRECTORY_ACTOR)
+        self.directory = _named_actor(ClusterStateImpl, DIRECTORY_ACTOR, config.server)
         self.info: dict[str, str] = {}
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -303,6 +385,9 @@ class StreamTTSReplica:
             extra_routers=[directory_router(self.directory)],
         )
         self.hub = app.state.hub
+        access = app.state.access
+        if access.enabled:  # per-key limits across every replica
+            access.shared = RaySharedLimits(self.directory, self.replica_id)
         self.info = {"metrics": self._serve_metrics()}
         self.directory.heartbeat.remote(self.replica_id, self.info)
         return app
@@ -332,8 +417,16 @@ class StreamTTSReplica:
 
 
 def build_application(config: AppConfig, options: RayOptions) -> Any:
-    """The Ray Serve application (``serve.run(...)`` or a builder's return value)."""
+    """The Ray Serve application (``serve.run(...)`` or a builder's return value).
+
+    Without a configured ``token_secret`` one is drawn here, once, so that a streaming token
+    minted by one replica is accepted by every other.
+    """
     from ray import serve
+
+    if not config.server.token_secret:
+        server = replace(config.server, token_secret=secrets.token_urlsafe(32))
+        config = replace(config, server=server)
 
     deployment_options: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,

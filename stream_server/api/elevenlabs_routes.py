@@ -17,24 +17,25 @@ from stream_server.api.elevenlabs_context import error_message
 from stream_server.api.elevenlabs_protocol import ErrorMessage, encode_server_message
 from stream_server.api.elevenlabs_query import ElevenLabsError, parse_query
 from stream_server.api.elevenlabs_ws import ElevenLabsConnection, KeyCheck
+from stream_server.auth_asgi import request_auth
 from stream_server.connection import Hub
-from stream_server.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from stream_server.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    AccessError,
+)
 
 
 def first_message_auth(ws: WebSocket) -> KeyCheck | None:
     """Access-control hook: how to authenticate the key of this socket's first message.
 
-    ``stream_server.auth_asgi`` (helper branch ``auth``) checks the ``xi-api-key`` /
-    ``Authorization`` header before the route runs; an ElevenLabs socket without one is let in
-    *pending*, and its first message's ``xi_api_key`` / ``xi-api-key`` / ``authorization`` must
-    complete it. Returns None when nothing is pending (a header key was accepted, or access control
-    is off or not installed), else a function that raises ``ElevenLabsError`` for a refused key.
+    ``stream_server.auth_asgi`` checks the ``xi-api-key`` / ``Authorization`` header before the
+    route runs; an ElevenLabs socket without one is let in *pending*, and its first message's
+    ``xi_api_key`` / ``xi-api-key`` / ``authorization`` must complete it. Returns None when nothing
+    is pending (a header key was accepted, or access control is off), else a function that raises
+    ``ElevenLabsError`` for a refused key.
     """
-    try:
-        from stream_server.auth_asgi import request_auth  # type: ignore[import-not-found,unused-ignore]
-        from stream_server.errors import AccessError  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # access control not merged yet: everything is allowed
-        return None
     auth = request_auth(ws)
     if not auth.pending:
         return None

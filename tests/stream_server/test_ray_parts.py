@@ -8,7 +8,7 @@ import pytest
 
 from stream_server import ray_serve
 from stream_server.errors import ConfigError
-from stream_server.ray_serve import OverlayActorImpl, RayOptions, ReplicaDirectoryImpl
+from stream_server.ray_serve import ClusterStateImpl, OverlayActorImpl, RayOptions
 
 
 def test_options_are_validated() -> None:
@@ -71,7 +71,7 @@ def test_overlay_actor_forgets_pages_that_stop_polling(monkeypatch: pytest.Monke
 def test_directory_drops_replicas_that_stop_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
     monkeypatch.setattr(ray_serve.time, "monotonic", lambda: now[0])
-    directory = ReplicaDirectoryImpl()
+    directory = ClusterStateImpl()
     directory.heartbeat("a", {"metrics": "127.0.0.1:1"})
     directory.heartbeat("b", {"metrics": "127.0.0.1:2"})
     assert [e["replica"] for e in directory.replicas()] == ["a", "b"]
@@ -79,3 +79,29 @@ def test_directory_drops_replicas_that_stop_reporting(monkeypatch: pytest.Monkey
     directory.heartbeat("b", {"metrics": "127.0.0.1:2"})
     now[0] += 2
     assert directory.replicas() == [{"replica": "b", "metrics": "127.0.0.1:2"}]
+
+
+def test_cluster_state_holds_per_key_limits_across_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_server.config import ServerConfig
+
+    now = [100.0]
+    monkeypatch.setattr(ray_serve.time, "monotonic", lambda: now[0])
+    state = ClusterStateImpl(ServerConfig(key_max_sessions=2, key_requests_per_minute=3))
+    state.heartbeat("a", {})
+    state.heartbeat("b", {})
+    ok_a = state.lease("a", "key_1")
+    ok_b = state.lease("b", "key_1")  # the same key on another replica counts against one limit
+    assert ok_a[0] == ok_b[0] == "ok"
+    status, (code, _, http_status, retry) = state.lease("b", "key_1")
+    assert (status, code, http_status, retry) == ("error", "too_many_sessions", 429, 1)
+    assert state.lease("b", "key_2")[0] == "ok"  # other keys are not affected
+    state.release(ok_a[1])
+    assert state.open_sessions("key_1") == 1
+    # replica b stops reporting (killed): its leases go with it
+    now[0] += ray_serve._REPLICA_TTL_S - 1
+    state.heartbeat("a", {})
+    now[0] += 2
+    assert [e["replica"] for e in state.replicas()] == ["a"]
+    assert state.open_sessions("key_1") == 0 and state.open_sessions("key_2") == 0
+    # requests per minute are one budget across replicas too
+    assert [state.admit("key_3")[0] for _ in range(4)] == ["ok", "ok", "ok", "error"]

@@ -8,6 +8,7 @@ F5 application (a voice uploaded through one replica is used on the other).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -43,8 +44,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _deploy(port: int, options: ray_serve.RayOptions, **engine: Any) -> None:
+def _deploy(port: int, options: ray_serve.RayOptions, server: dict[str, Any] | None = None,
+            **engine: Any) -> None:
     overrides = {"server.max_sessions": 16, **{f"engine.{k}": v for k, v in engine.items()}}
+    overrides.update({f"server.{k}": v for k, v in (server or {}).items()})
     config = load_config(None, overrides)
     serve.run(ray_serve.build_application(config, options), name=ray_serve.APP_NAME,
               route_prefix="/")
@@ -219,16 +222,30 @@ def _clip_wav(seconds: float = 1.5) -> bytes:
     return buf.getvalue()
 
 
-def test_a_voice_uploaded_through_one_replica_speaks_on_the_other(
-    espeak_app: int, tmp_path: Path
-) -> None:
+KEY = "test-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def f5_app(espeak_app: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A small random-weight F5 app with access control on (one session per key)."""
     serve.delete(ray_serve.APP_NAME)
-    voices = tmp_path / "voices"
+    root = tmp_path_factory.mktemp("ray_f5")
+    voices = root / "voices"
     voices.mkdir()
+    keys = root / "keys.txt"
+    keys.write_text(KEY + "\n")
     options = ray_serve.RayOptions(replicas=2, num_cpus=0.5,
                                    engine_factory="tests.ray_engines:tiny_f5")
-    _deploy(espeak_app, options, voices_dir=str(voices))
-    up = httpx.post(f"http://127.0.0.1:{espeak_app}/v1/voices", timeout=60,
+    server = {"api_keys_file": str(keys), "key_max_sessions": 1}
+    _deploy(espeak_app, options, server, voices_dir=str(voices))
+    yield espeak_app, voices
+    serve.delete(ray_serve.APP_NAME)
+
+
+def test_a_voice_uploaded_through_one_replica_speaks_on_the_other(f5_app: tuple[int, Path]) -> None:
+    port, voices = f5_app
+    up = httpx.post(f"http://127.0.0.1:{port}/v1/voices", timeout=60, headers=AUTH,
                     data={"name": "bob", "text": "Some reference words."},
                     files={"audio": ("bob.wav", _clip_wav(), "audio/wav")})
     assert up.status_code in (200, 201), up.text
@@ -236,7 +253,7 @@ def test_a_voice_uploaded_through_one_replica_speaks_on_the_other(
 
     async def other_replica_session() -> dict[str, Any]:
         for _ in range(20):
-            async with connect(f"ws://127.0.0.1:{espeak_app}/v1/stream") as ws:
+            async with connect(f"ws://127.0.0.1:{port}/v1/stream", additional_headers=AUTH) as ws:
                 if ws.response.headers[REPLICA_HEADER] == uploader:
                     continue
                 await ws.send(json.dumps({"type": "start", "voice": "bob", "format": "pcm_s16le",
@@ -258,3 +275,25 @@ def test_a_voice_uploaded_through_one_replica_speaks_on_the_other(
     assert got["messages"][0]["replica"] != uploader
     assert "error" not in types and types[-1] == "done" and got["pcm"] > 0
     assert os.path.exists(voices / "bob.wav")
+
+
+def test_a_key_session_limit_holds_across_replicas(f5_app: tuple[int, Path]) -> None:
+    port, _ = f5_app
+
+    async def run() -> tuple[str, str, dict[str, Any], int | None]:
+        async with connect(f"ws://127.0.0.1:{port}/v1/stream", additional_headers=AUTH) as first:
+            home = first.response.headers[REPLICA_HEADER]
+            for _ in range(20):  # the key's second session, on the other replica
+                async with connect(f"ws://127.0.0.1:{port}/v1/stream",
+                                   additional_headers=AUTH) as ws:
+                    if ws.response.headers[REPLICA_HEADER] == home:
+                        continue
+                    refusal = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                    with contextlib.suppress(ConnectionClosed):
+                        await asyncio.wait_for(ws.recv(), 20)
+                    return home, ws.response.headers[REPLICA_HEADER], refusal, ws.close_code
+        raise AssertionError("every session landed on the first session's replica")
+
+    home, other, refusal, close = asyncio.run(asyncio.wait_for(run(), 120))
+    assert other != home
+    assert refusal["code"] == "too_many_sessions" and close == 1013
