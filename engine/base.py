@@ -11,9 +11,9 @@ engine; the audio post in ``engine.audio`` adds segment-level fades and pauses).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -112,4 +112,68 @@ class Engine(Protocol):
 
     def warmup(self) -> float:
         """Run everything needed so the first real request is fast. Returns seconds spent."""
+        ...
+
+
+ItemPhase = Literal["sampling", "vocoding", "done"]
+StepKind = Literal["sample", "vocode"]
+
+
+class BatchItem(Protocol):
+    """One segment in flight in a batching engine (`BatchEngine.open_item`).
+
+    Attributes:
+        phase: "sampling" (sampler steps left), "vocoding" (audio chunks left), "done".
+        n_frames: total frames of its sample (reference + generated); its "size" in a step.
+        steps_left: sampler steps still to run (0 once vocoding).
+        first_audio: True until its first audio chunk has been returned.
+    """
+
+    phase: ItemPhase
+    n_frames: int
+    steps_left: int
+    first_audio: bool
+
+
+@runtime_checkable
+class BatchEngine(Engine, Protocol):
+    """An engine whose work is split into steps that several segments share (F5-TTS).
+
+    The caller (one engine thread) opens items, then repeatedly runs either one sampler step or
+    one vocoder step over any subset of its items, within ``max_batch_rows`` items and
+    ``max_batch_frames`` (items x the largest item's ``n_frames``) per step. Results never depend
+    on which items shared a step. ``synthesize`` stays available (the solo path).
+    """
+
+    max_batch_rows: int  # config limit on items per sampler step
+    max_batch_frames: int  # config limit on items x padded frames per sampler step
+
+    def open_item(
+        self, text: str, voice: str, options: SynthOptions, *, fast_start: bool = False
+    ) -> BatchItem:
+        """Validate and prepare (text frontend, reference mel, noise); raises UnknownVoiceError /
+        InvalidOptionError here. An empty text gives an item already 'done'."""
+        ...
+
+    def sample_step(self, items: Sequence[BatchItem]) -> None:
+        """ONE backbone forward for all given items (all in phase 'sampling', possibly at
+        different steps, nfe, cfg, lengths): each advances one Euler step at its own t and dt; an
+        item whose last step ran moves to 'vocoding'. Results equal each item sampled alone
+        (<= 1e-4 fp32)."""
+        ...
+
+    def vocode_step(self, items: Sequence[BatchItem]) -> list[np.ndarray]:
+        """The next vocoder chunk of each given item (all in phase 'vocoding'), in one batched
+        vocoder call: float32 (n,) at sample_rate, seams already cross-faded, equal to its solo
+        decode (<= 1e-4). After its last chunk an item is 'done'."""
+        ...
+
+    def close_item(self, item: BatchItem) -> None:
+        """Forget the item (cancel/disconnect); idempotent; frees its device memory."""
+        ...
+
+    def step_cost_s(self, rows: int, frames: int, kind: StepKind) -> float:
+        """Estimated wall time of one step with ``rows`` items padded to ``frames`` frames (for
+        "vocode": ``rows`` chunks of up to ``frames`` mel frames with context), from the table
+        measured during warm-up."""
         ...

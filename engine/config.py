@@ -36,8 +36,17 @@ class EngineConfig:
     vocoder_first_chunk_frames: int = 24
     vocoder_chunk_frames: int = 96
     vocoder_context_frames: int = 32
+    # step-level batching (F5): at most this many segments share one sampler step, and at most
+    # this many frames in it (segments x the longest one's total frames, reference included)
+    max_batch_rows: int = 16
+    max_batch_frames: int = 16384
 
     def __post_init__(self) -> None:
+        if not 1 <= self.max_batch_rows <= 256:
+            raise ValueError(f"max_batch_rows must be 1..256, got {self.max_batch_rows}")
+        if not 4096 <= self.max_batch_frames <= 1_048_576:
+            # one segment of the longest duration (4096 frames, 43.7 s) must always fit
+            raise ValueError(f"max_batch_frames must be 4096..1048576, got {self.max_batch_frames}")
         if not 0.0 <= self.espeak_first_piece_s <= 10.0:
             raise ValueError(f"espeak_first_piece_s must be 0..10 s, got {self.espeak_first_piece_s}")
 

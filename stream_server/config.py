@@ -38,6 +38,11 @@ class ServerConfig:
     # synthesis may run this far (seconds of audio) ahead of the socket writer before the session's
     # job is parked, so a slow client cannot make the server buffer unbounded audio
     max_ahead_s: float = 4.0
+    # batching engines (stream_server.batch_policy): an item joins a step only if it adds at most
+    # this fraction of its solo step cost (measured table); a segment made ahead rides along with
+    # urgent ones only if it adds at most batch_ride_along_ratio of the step's cost
+    batch_marginal_ratio: float = 0.5
+    batch_ride_along_ratio: float = 0.1
     idle_timeout_s: float = 300.0  # an idle session (no work, no message) is closed after this
     max_protocol_errors: int = 10  # one more protocol error closes the session with 1008
     warmup_timeout_s: float = 900.0  # engine warm-up longer than this fails start-up
@@ -64,6 +69,8 @@ class ServerConfig:
                 raise ValueError(f"server.{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"server.port must be 0..65535, got {self.port}")
+        if self.batch_marginal_ratio < 0 or self.batch_ride_along_ratio < 0:
+            raise ValueError("server.batch_marginal_ratio and batch_ride_along_ratio must be >= 0")
         if self.max_protocol_errors < 0:
             raise ValueError("server.max_protocol_errors must be >= 0")
         if self.max_message_chars > self.max_session_chars:

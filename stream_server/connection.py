@@ -17,6 +17,8 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from engine.base import Engine
 from stream_server.actions import Action, CancelJobs, Close, OutItem, Send, Submit
+from stream_server.batch_policy import BatchPolicy
+from stream_server.batch_worker import make_scheduler
 from stream_server.config import AppConfig
 from stream_server.errors import CLOSE_INTERNAL_ERROR, ProtocolError, SessionLimitError
 from stream_server.metrics import ServerMetrics
@@ -120,8 +122,10 @@ class Hub:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.config.server
         # every session keeps at most 2 segments at the scheduler (session.SUBMIT_AHEAD)
-        self.scheduler = Scheduler(
-            self.require_engine(), self.config.audio, max_jobs=2 * s.max_sessions + 8, max_ahead_s=s.max_ahead_s
+        self.scheduler = make_scheduler(
+            self.require_engine(), self.config.audio, max_jobs=2 * s.max_sessions + 8, max_ahead_s=s.max_ahead_s,
+            on_fault=self.metrics.observe_engine_fault, on_step=self.metrics.observe_step,
+            policy=BatchPolicy(s.batch_marginal_ratio, s.batch_ride_along_ratio),
         )
         self.scheduler.start(loop)
 

@@ -58,6 +58,8 @@ _KINDS = (
     ErrorKind("shutting_down", CLOSE_GOING_AWAY, False, "the server is shutting down"),
     # engine errors (engine.base.EngineError.code): one segment failed, the session continues
     ErrorKind("engine_error", None, False, "the engine failed on one segment"),
+    ErrorKind("engine_fault", None, False, "unexpected engine failure on one segment (logged); it is skipped"),
+    ErrorKind("out_of_memory", None, False, "the device ran out of memory even for this segment alone; it is skipped"),
     ErrorKind("weights_not_found", None, False, "the engine's model files are missing"),
     ErrorKind("checkpoint_error", None, False, "the engine's checkpoint does not load"),
     ErrorKind("invalid_voice", None, False, "the voice's reference clip is unusable"),

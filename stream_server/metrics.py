@@ -38,6 +38,16 @@ class ServerMetrics:
             "stream_tts_synth_seconds", "Engine-thread seconds spent synthesizing", registry=r
         )
         self.errors = Counter("stream_tts_errors", "Errors sent to clients", ["code"], registry=r)
+        self.engine_faults = Counter(
+            "stream_tts_engine_faults",
+            "Engine faults contained by the worker (exception: a segment failed; oom: out of memory, "
+            "retried smaller or failed; worker: a step bug caught)",
+            ["kind"], registry=r,
+        )
+        self.batch_rows = Histogram(
+            "stream_tts_batch_rows", "Items per engine step of a batching engine", ["kind"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
+        )
 
     def observe_ttfa(self, seconds: float) -> None:
         self.ttfa.observe(seconds)
@@ -51,6 +61,12 @@ class ServerMetrics:
 
     def observe_error(self, code: str) -> None:
         self.errors.labels(code=code).inc()
+
+    def observe_engine_fault(self, kind: str) -> None:
+        self.engine_faults.labels(kind=kind).inc()
+
+    def observe_step(self, kind: str, rows: int, seconds: float) -> None:
+        self.batch_rows.labels(kind=kind).observe(rows)
 
     def render(self) -> bytes:
         """Prometheus text exposition format."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
@@ -145,8 +146,17 @@ class Scheduler:
         max_ahead_s: per-session limit of audio produced but not yet written.
     """
 
-    def __init__(self, engine: Engine, audio: AudioConfig, *, max_jobs: int, max_ahead_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        audio: AudioConfig,
+        *,
+        max_jobs: int,
+        max_ahead_s: float,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> None:
         self.engine = engine
+        self.on_fault = on_fault or (lambda kind: None)  # counts engine faults ("exception", "oom")
         self.audio = audio
         self.max_jobs = max_jobs
         self.max_ahead_s = max_ahead_s
@@ -257,8 +267,10 @@ class Scheduler:
         channel.clock_start = None
         channel.produced_s = channel.written_s = 0.0
 
-    def _pick_locked(self) -> _Job | None:
-        return pick_next(self._channels, self.max_ahead_s)
+    def _next_work_locked(self) -> Callable[[], None] | None:
+        """The next unit of work, run outside the lock (``BatchScheduler`` plans batched steps)."""
+        job = pick_next(self._channels, self.max_ahead_s)
+        return None if job is None else functools.partial(self._step, job)
 
     # ------------------------------------------------------------------ worker thread
 
@@ -268,8 +280,8 @@ class Scheduler:
                 while True:
                     to_close, self._to_close = self._to_close, []
                     call = self._calls.popleft() if self._calls else None
-                    job = None if (call or self._stopping) else self._pick_locked()
-                    if to_close or call or job or self._stopping:
+                    work = None if (call or self._stopping) else self._next_work_locked()
+                    if to_close or call or work or self._stopping:
                         break
                     self._cond.wait(_IDLE_WAIT_S)
             for old in to_close:
@@ -281,15 +293,18 @@ class Scheduler:
                         fut.set_result(fn())
                     except BaseException as exc:  # handed to the awaiting coroutine
                         fut.set_exception(exc)
-            elif job is not None:
-                self._step(job)
+            elif work is not None:
+                try:
+                    work()
+                except Exception:  # a bug in the step logic must not take the worker down
+                    log.exception("engine worker step failed")
+                    self.on_fault("worker")
             elif self._stopping:
                 break
         for fn_fut in self._calls:
             fn_fut[1].cancel()
 
-    @staticmethod
-    def _close_job(job: _Job) -> None:
+    def _close_job(self, job: _Job) -> None:
         if job.gen is not None and hasattr(job.gen, "close"):
             try:
                 job.gen.close()  # engines release per-request state in a finally
@@ -332,8 +347,14 @@ class Scheduler:
         except Exception:
             log.exception("session %s segment %d: synthesis failed", job.channel.session_id,
                           job.request.index)
-            failure = ("internal_error", "internal error while synthesizing this segment")
-        elapsed = time.perf_counter() - t0
+            self.on_fault("exception")
+            failure = ("engine_fault", "the engine failed on this segment; it was skipped")
+        self._settle(job, packets, finished, failure, time.perf_counter() - t0)
+
+    def _settle(
+        self, job: _Job, packets: list[bytes], finished: bool, failure: tuple[str, str] | None, elapsed: float
+    ) -> None:
+        """Account one advance of ``job`` (its packets, ``elapsed`` worker seconds) and post events."""
         frame_ms = float(self.audio.frame_ms)
         audio_s = sum(packet_seconds(job.request, p, frame_ms) for p in packets)
         events: list[WorkerEvent] = []
@@ -350,7 +371,7 @@ class Scheduler:
                 ch.clock_start = time.monotonic()
             ch.produced_s += audio_s
             if failure is not None or finished:
-                ch.jobs.popleft()
+                ch.jobs.remove(job)  # the head, except for a batch item sampled ahead that failed
                 self._n_jobs -= 1
         if packets and failure is None:
             events.append(SegmentAudio(job.request, tuple(packets), audio_s))

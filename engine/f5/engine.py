@@ -4,10 +4,15 @@ One segment = one flow-matching sample of the whole (reference + generated) mel,
 is globally non-causal; the audio then streams out of the chunked Vocos decoder, first chunk small.
 
 Pipeline per segment (F5_FACTS.md sections 4-6):
-    tokens(ref_text + text) -> total frames (reference rule, speed) -> [duration bucket when
-    compiled] -> FlowSampler (EPSS grid, sway, batched CFG, Euler) -> mel[:, ref_frames:] (keeps
-    one reference frame, as the reference does) -> ChunkedVocoder -> scaled by rms/0.1 when the
-    reference was quiet.
+    tokens(ref_text + text) -> total frames (reference rule, speed; never rounded) ->
+    BatchSampler (EPSS grid, sway, batched CFG, Euler; compiled graphs pad to a duration bucket
+    and mask) -> mel[:, ref_frames:] (keeps one reference frame, as the reference does) ->
+    ChunkedVocoder -> scaled by rms/0.1 when the reference was quiet.
+
+Batching (`engine.base.BatchEngine`): ``open_item`` prepares a segment, ``sample_step`` runs one
+backbone pass for any set of sampling items, ``vocode_step`` the next vocoder chunk for any set of
+vocoding items; ``synthesize`` is the same path for one item alone. Warm-up measures the step cost
+table (``step_cost_s``) and, compiled on CUDA, captures one CUDA graph per (items, frames) bucket.
 
 Voices come from the ``VoiceStore`` folder. When the folder has none, a built-in reference voice
 named ``default`` is synthesized once at start-up with eSpeak NG and its transcript, so a fresh
@@ -21,15 +26,23 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from engine.base import EngineError, InvalidOptionError, SynthOptions, UnknownVoiceError, VoiceInfo
+from engine.base import (
+    BatchItem,
+    EngineError,
+    InvalidOptionError,
+    StepKind,
+    SynthOptions,
+    UnknownVoiceError,
+    VoiceInfo,
+)
 from engine.config import EngineConfig
 from engine.f5 import frontend as frontend_mod
 from engine.f5.config import HOP_LENGTH, SAMPLE_RATE, F5ModelConfig
@@ -37,7 +50,9 @@ from engine.f5.frontend import TextFrontend, estimate_frames, fix_reference_text
 from engine.f5.loader import build_model, load_f5_state_dict, load_vocab, load_vocos
 from engine.f5.mel import LogMelSpectrogram
 from engine.f5.reference_audio import prepare_reference_audio
-from engine.f5.sampler import EPSS_TABLES, FlowSampler, SamplerSettings, min_total_frames
+from engine.f5.batch import BatchSampler, reachable_shapes, row_buckets
+from engine.f5.sampler import EPSS_TABLES, SamplerSettings, min_total_frames
+from engine.f5.steps import F5Item, StepCostTable
 from engine.f5.vocoder import ChunkedVocoder, random_vocos
 from engine.f5.voices import PreparedVoice, VoiceStore
 from engine.f5.weights import ResolvedWeights, resolve_weights
@@ -66,8 +81,8 @@ def duration_buckets(
 ) -> list[int]:
     """Total-frame sizes that compiled graphs are specialised on (geometric, ~10 % apart).
 
-    A request's total is rounded up to the next bucket, so it may speak up to ~10 % slower than the
-    reference's exact duration; the count (27 with the defaults) is what warm-up compiles.
+    A step is padded up to the next bucket and the padded frames are masked, so durations stay the
+    reference's exact rule; padding costs at most ~10 % more work per step.
     """
     buckets = [min_frames]
     while buckets[-1] < max_frames:
@@ -109,6 +124,8 @@ class F5Engine:
             (then files are used only when found: vocab and Vocos fall back to built-ins).
         state_dict: DiT weights already in memory (takes precedence over the checkpoint file;
             benchmarks use it to share random weights with the reference implementation).
+        static_shapes: pad every sampler step to (items, frames) buckets; default: when compiled
+            (tests turn it on on CPU to cover the padding without a compiler).
     """
 
     name = "f5"
@@ -121,6 +138,7 @@ class F5Engine:
         model_config: F5ModelConfig | None = None,
         weights: ResolvedWeights | None = None,
         state_dict: Mapping[str, Tensor] | None = None,
+        static_shapes: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -150,10 +168,23 @@ class F5Engine:
             device=self.device,
         )
         self.compiled = bool(cfg.compile and on_cuda)
-        self.buckets = duration_buckets() if self.compiled else []
+        self.max_batch_rows = cfg.max_batch_rows
+        self.max_batch_frames = cfg.max_batch_frames
+        static = self.compiled if static_shapes is None else static_shapes
+        self.buckets = duration_buckets() if static else []
+        self.row_buckets = row_buckets(cfg.max_batch_rows) if static else []
         if self.compiled:
-            _configure_compile_cache(len(self.buckets))
-        self.sampler = FlowSampler(self.model, self._settings(SynthOptions()), compile=self.compiled)
+            _configure_compile_cache(len(self.buckets) * len(self.row_buckets))
+        self.batch = BatchSampler(
+            self.model,
+            compile=self.compiled,
+            # one compilation for every bucket: the graphs per shape are CUDA graph captures
+            compile_options={"dynamic": True} if self.compiled else None,
+            frame_buckets=self.buckets or None,
+            row_buckets=self.row_buckets or None,
+        )
+        self.costs = StepCostTable(bucketed=static)
+        self.graph_bytes = 0  # CUDA graph memory, after warm-up
         self.mel = LogMelSpectrogram().to(self.device)
         self.voice_store = VoiceStore(cfg.voices_dir)
         self._builtin: dict[str, PreparedVoice] = {}
@@ -185,13 +216,33 @@ class F5Engine:
         then, so that costs only one more small vocoder call).
 
         Raises UnknownVoiceError / InvalidOptionError right away (before the iterator exists).
+        The solo path of the batching API: ``open_item``, ``sample_step([item])`` until it
+        vocodes, then ``vocode_step([item])`` until it is done.
         """
+        item = self.open_item(text, voice, options, fast_start=fast_start)
+        if item.phase == "done":
+            return iter(())
+        return self._solo(item)
+
+    def warmup(self) -> float:
+        """Initialise the frontend, compile and capture (CUDA) every step shape, and measure the
+        step cost table; returns seconds spent."""
+        from engine.f5.warmup import run_warmup
+
+        return run_warmup(self)
+
+    # ------------------------------------------------------------------ BatchEngine interface
+    def open_item(
+        self, text: str, voice: str, options: SynthOptions, *, fast_start: bool = False
+    ) -> F5Item:
+        """Prepare a segment: text frontend, duration (the reference's rule, exact), reference
+        mel, text features and initial noise. Raises UnknownVoiceError / InvalidOptionError."""
         options.validate()
         settings = self._settings(options)
         ref = self._reference(voice)
         text = " ".join(text.split())
         if not text:
-            return iter(())
+            return F5Item(phase="done", n_frames=0)
         t0 = time.perf_counter()
         ids = self.frontend.ids(ref.voice.text + text)  # concatenated, exactly like the reference
         total = estimate_frames(ref.ref_frames, ref.voice.text, text, options.speed)
@@ -200,33 +251,63 @@ class F5Engine:
             raise InvalidOptionError(
                 f"segment too long: {total} frames with the reference (max {MAX_TOTAL_FRAMES})"
             )
-        if self.buckets:
-            total = next(b for b in self.buckets if b >= total)
         text_ids = torch.tensor([ids], dtype=torch.long)
-        frontend_s = time.perf_counter() - t0
-        return self._generate(ref, text_ids, total, options.seed, settings, frontend_s)
+        flow = self.batch.open(ref.mel, text_ids, total, settings.grid(), settings.cfg_strength,
+                               seed=options.seed)
+        gain = ref.voice.rms / TARGET_RMS if ref.voice.rms < TARGET_RMS else 1.0
+        return F5Item(phase="sampling", n_frames=total, ref_frames=ref.ref_frames, gain=gain,
+                      flow=flow, timings={"frontend_s": time.perf_counter() - t0})
 
-    def warmup(self) -> float:
-        """Initialise the frontend, sample once (compiled: once per duration bucket), vocode once."""
-        t0 = time.perf_counter()
-        frontend_mod.warmup()
-        n_ref = 64
-        cond = torch.zeros(1, n_ref, 100, device=self.device)
-        ids = torch.zeros(1, 8, dtype=torch.long)
-        # One Euler step is enough: graphs depend on shapes only, not on the step count.
-        settings = replace(self._settings(SynthOptions()), nfe=1)
-        for total in self.buckets or [n_ref + 32]:
-            tb = time.perf_counter()
-            mel = self.sampler.sample(cond, ids, total, seed=0, settings=settings)
-            self._sync()
-            if self.buckets:
-                log.info("f5 warm-up: bucket %d frames ready in %.2f s", total, time.perf_counter() - tb)
-        for _ in self.vocoder.decode_chunks(mel[:, : 2 * self.cfg.vocoder_first_chunk_frames]):
-            pass
-        seconds = time.perf_counter() - t0
-        if self.compiled:
-            log.info("f5 warm-up: compiled %d duration buckets in %.1f s", len(self.buckets), seconds)
-        return seconds
+    def sample_step(self, items: Sequence[BatchItem]) -> None:
+        """One backbone pass for all ``items`` (phase "sampling"); finished ones move on to
+        "vocoding" (or "done" when their mel is too short to make audio)."""
+        own = self._own(items, "sampling")
+        flows = [it.flow for it in own]
+        assert all(f is not None for f in flows)
+        self.batch.step(flows)  # type: ignore[arg-type]
+        for it in own:
+            assert it.flow is not None
+            if not it.flow.finished:
+                continue
+            # Keep from ref_frames on: one reference frame stays, as in the reference, so
+            # --mel-out output is directly comparable with it.
+            gen = it.flow.result()[:, it.ref_frames :, :]
+            it.mel = gen[0].cpu().numpy()
+            it.flow = None
+            it.stream = self.vocoder.open_stream(gen)
+            it.phase = "done" if it.stream.finished else "vocoding"
+
+    def vocode_step(self, items: Sequence[BatchItem]) -> list[np.ndarray]:
+        """The next audio chunk of every item (phase "vocoding"), one batched vocoder call."""
+        own = self._own(items, "vocoding")
+        chunks = self.vocoder.decode_step([it.stream for it in own])  # type: ignore[misc]
+        for it, chunk in zip(own, chunks, strict=True):
+            if it.gain != 1.0:
+                chunk *= np.float32(it.gain)
+            it.first_audio = False
+            it.audio_samples += chunk.shape[0]
+            assert it.stream is not None
+            if it.stream.finished:
+                it.stream = None
+                it.phase = "done"
+        return chunks
+
+    def close_item(self, item: BatchItem) -> None:
+        """Forget ``item`` (idempotent): its device tensors are released."""
+        if isinstance(item, F5Item):
+            item.flow = None
+            item.stream = None
+            item.phase = "done"
+
+    def step_cost_s(self, rows: int, frames: int, kind: StepKind) -> float:
+        """Estimated seconds of one step (`StepCostTable.estimate`; 0.0 before warm-up)."""
+        return self.costs.estimate(kind, rows, frames)
+
+    def vocode_frames(self, item: BatchItem) -> int:
+        """Mel frames (with context) of ``item``'s next vocoder chunk: its size in a vocode step."""
+        own = self._own([item], "vocoding")[0]
+        assert own.stream is not None
+        return self.vocoder.window_frames(own.stream)
 
     # ------------------------------------------------------------------ internals
     def _settings(self, options: SynthOptions) -> SamplerSettings:
@@ -259,42 +340,38 @@ class F5Engine:
             self._refs.popitem(last=False)
         return ref
 
-    def _generate(
-        self,
-        ref: _Reference,
-        text_ids: Tensor,
-        total: int,
-        seed: int | None,
-        settings: SamplerSettings,
-        frontend_s: float,
-    ) -> Iterator[np.ndarray]:
-        gen: Tensor | None = None
+    def _own(self, items: Sequence[BatchItem], phase: str) -> list[F5Item]:
+        out = []
+        for it in items:
+            if not isinstance(it, F5Item):
+                raise TypeError(f"not an item of this engine: {it!r}")
+            if it.phase != phase:
+                raise ValueError(f"item in phase {it.phase!r}, expected {phase!r}")
+            out.append(it)
+        return out
+
+    def _solo(self, item: F5Item) -> Iterator[np.ndarray]:
         try:
             t0 = time.perf_counter()
-            mel = self.sampler.sample(ref.mel, text_ids, total, seed=seed, settings=settings)
-            # Keep from ref_frames on: one reference frame stays, as in the reference, so
-            # --mel-out output is directly comparable with it.
-            gen = mel[:, ref.ref_frames :, :]
-            self.last_mel = gen[0].float().cpu().numpy()  # also the sync that ends the timing
+            while item.phase == "sampling":
+                self.sample_step([item])
+            self.last_mel = item.mel  # the device-to-host copy also ends the timing
             backbone_s = time.perf_counter() - t0
-            gain = ref.voice.rms / TARGET_RMS if ref.voice.rms < TARGET_RMS else 1.0
             t1 = time.perf_counter()
-            n_samples = 0
-            for chunk in self.vocoder.decode_chunks(gen):
-                if gain != 1.0:
-                    chunk = chunk * np.float32(gain)
-                n_samples += chunk.shape[0]
-                yield chunk
+            while item.phase == "vocoding":
+                chunk = self.vocode_step([item])[0]
+                if chunk.size:
+                    yield chunk
             self.last_stats = SynthStats(
-                frontend_s=frontend_s,
+                frontend_s=item.timings.get("frontend_s", 0.0),
                 backbone_s=backbone_s,
                 vocoder_s=time.perf_counter() - t1,
-                total_frames=total,
-                generated_frames=gen.shape[1],
-                audio_s=n_samples / SAMPLE_RATE,
+                total_frames=item.n_frames,
+                generated_frames=0 if item.mel is None else item.mel.shape[0],
+                audio_s=item.audio_samples / SAMPLE_RATE,
             )
         finally:
-            del gen  # drop device tensors of this request even when the caller cancels
+            self.close_item(item)  # drop device tensors even when the caller cancels
 
     def _sync(self) -> None:
         if self.device.startswith("cuda"):

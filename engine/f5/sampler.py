@@ -2,21 +2,22 @@
 with batched classifier-free guidance.
 
 Mel tensors are (batch, frames, 100) log-mel (24 kHz, hop 256). The per-step function
-(`FlowSampler._velocity`) takes only tensors and has no host syncs, so it can be compiled with
-``fullgraph=True``; the time grid and the CFG strength live on the device as tensors, so changing
-them never recompiles.
+(`engine.f5.batch.BatchSampler._velocity`) takes only tensors and has no host syncs, so it can be
+compiled with ``fullgraph=True``; times and CFG strengths are per-row tensors, so changing them
+never recompiles. `FlowSampler` is the one-item front of the batching core.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from engine.f5.batch import CFG_OFF, BatchSampler
 from engine.f5.config import N_MELS
 from engine.f5.model import DiT
 
@@ -30,7 +31,7 @@ EPSS_TABLES: dict[int, tuple[int, ...]] = {
     16: (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32),
 }
 
-_CFG_OFF = 1e-5  # below this CFG strength only the conditional pass runs (as the reference)
+_CFG_OFF = CFG_OFF
 
 
 def time_grid(nfe: int, sway: float | None = -1.0, use_epss: bool = True) -> Tensor:
@@ -88,9 +89,17 @@ class SamplerSettings:
         if not math.isfinite(self.cfg_strength) or self.cfg_strength < 0:
             raise ValueError(f"cfg_strength must be finite and >= 0, got {self.cfg_strength}")
 
+    def grid(self) -> Tensor:
+        """(nfe + 1,) float32 CPU time grid of these settings (`time_grid`)."""
+        return time_grid(self.nfe, self.sway, self.use_epss)
+
 
 class FlowSampler:
-    """Samples mels from a `DiT` with Euler steps; ``compile`` compiles only the step function."""
+    """Samples one mel at a time from a `DiT` with Euler steps (the solo path).
+
+    A thin front of `engine.f5.batch.BatchSampler`: one item, ``nfe`` steps. ``compile`` compiles
+    only the step function.
+    """
 
     def __init__(
         self,
@@ -101,34 +110,12 @@ class FlowSampler:
         compile_options: Mapping[str, Any] | None = None,
     ) -> None:
         """``compile_options`` are extra `torch.compile` arguments (e.g. ``mode``, ``backend``)
-        over the defaults ``fullgraph=True, dynamic=False``: one specialised graph per duration
-        bucket; the caller buckets and keeps the bucket count under torch._dynamo's recompile
-        limit (or raises it). Changing NFE, time grid or CFG strength never recompiles; switching
-        CFG on/off does (one more graph)."""
+        over the defaults ``fullgraph=True, dynamic=False``: one specialised graph per shape.
+        Changing NFE, time grid or CFG strength never recompiles; switching CFG on/off does (one
+        more graph)."""
         self.model = model
         self.settings = settings
-        self._step: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor] = self._velocity
-        if compile:
-            options: dict[str, Any] = {"fullgraph": True, "dynamic": False}
-            options.update(compile_options or {})
-            self._step = torch.compile(self._velocity, **options)
-        self._grids: dict[tuple[int, float | None, bool, str], tuple[Tensor, Tensor]] = {}
-
-    def _velocity(self, x: Tensor, cond: Tensor, text_emb: Tensor, t: Tensor, cfg: Tensor) -> Tensor:
-        """Guided flow at time t: x, cond (b, n, 100); t (); cfg () float32. Returns (b, n, 100)."""
-        out = self.model(x, cond, text_emb, t)
-        b = x.shape[0]
-        if out.shape[0] == b:  # CFG off: text_emb held only conditional rows
-            return out.float()
-        pred, null = out.float().split(b, dim=0)
-        return pred + (pred - null) * cfg
-
-    def _grid(self, s: SamplerSettings, device: torch.device) -> tuple[Tensor, Tensor]:
-        key = (s.nfe, s.sway, s.use_epss, str(device))
-        if key not in self._grids:
-            t = time_grid(s.nfe, s.sway, s.use_epss)
-            self._grids[key] = (t[:-1].to(device), (t[1:] - t[:-1]).to(device))
-        return self._grids[key]
+        self.batch = BatchSampler(model, compile=compile, compile_options=compile_options)
 
     @torch.inference_mode()
     def sample(
@@ -151,31 +138,8 @@ class FlowSampler:
         replaced by ``cond_mel``; the caller slices the reference off.
         """
         s = settings or self.settings
-        if cond_mel.dim() != 3 or cond_mel.shape[0] != 1 or cond_mel.shape[2] != N_MELS:
-            raise ValueError(f"cond_mel must be (1, n_ref, {N_MELS}), got {tuple(cond_mel.shape)}")
-        if text_ids.dim() != 2 or text_ids.shape[0] != 1:
-            raise ValueError(f"text_ids must be (1, nt), got {tuple(text_ids.shape)}")
-        n_ref = cond_mel.shape[1]
-        if n_frames <= n_ref:
-            raise ValueError(f"n_frames ({n_frames}) must exceed the reference frames ({n_ref})")
-        device = self.model.proj_out.weight.device
-        dtype = self.model.dtype
-
-        # reference rounded to the model dtype, as the reference casts cond before sampling
-        cond = torch.zeros(1, n_frames, N_MELS, device=device, dtype=dtype)
-        cond[:, :n_ref] = cond_mel.to(device=device, dtype=dtype)
-        if noise is None:
-            noise = initial_noise(n_frames, seed, device, dtype)
-        elif noise.shape != (1, n_frames, N_MELS):
-            raise ValueError(f"noise must be (1, {n_frames}, {N_MELS}), got {tuple(noise.shape)}")
-        x = noise.to(device=device, dtype=torch.float32)  # ODE state kept in fp32
-
-        use_cfg = s.cfg_strength >= _CFG_OFF
-        text_emb = self.model.embed_text(text_ids.to(device), n_frames, cfg=use_cfg)
-        cfg = torch.tensor(s.cfg_strength, device=device, dtype=torch.float32)
-        times, dts = self._grid(s, device)
-        for i in range(s.nfe):
-            v = self._step(x, cond, text_emb, times[i], cfg)
-            x = x + dts[i] * v
-        x[:, :n_ref] = cond[:, :n_ref].float()
-        return x
+        item = self.batch.open(cond_mel, text_ids, n_frames, s.grid(), s.cfg_strength,
+                               noise=noise, seed=seed)
+        while not item.finished:
+            self.batch.step([item])
+        return item.result()

@@ -44,9 +44,20 @@ def f5_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, F
 def test_streams_opus_from_f5(f5_server: tuple[str, F5Engine]) -> None:
     url, engine = f5_server
     start = {"type": "start", "voice": "alice", "format": "opus", "options": {"seed": 7, "nfe": 7}}
-    got = asyncio.run(
-        collect(ws_url(url), [start, {"type": "text", "text": TEXT}, {"type": "end"}], timeout_s=120)
-    )
+    opened = []  # the server's batch worker opens one engine item per segment
+    real_open = engine.open_item
+
+    def open_item(*args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
+    engine.open_item = open_item  # type: ignore[method-assign]
+    try:
+        got = asyncio.run(
+            collect(ws_url(url), [start, {"type": "text", "text": TEXT}, {"type": "end"}], timeout_s=120)
+        )
+    finally:
+        del engine.open_item
     assert got.close_code == 1000
     types = [m["type"] for m in got.messages]
     assert types[0] == "ready" and types[-1] == "done"
@@ -65,9 +76,9 @@ def test_streams_opus_from_f5(f5_server: tuple[str, F5Engine]) -> None:
     assert pcm.shape[0] / 24.0 == pytest.approx(done["audio_ms"])  # exactly the frames sent
     assert done["audio_ms"] > 500 and done["segments"] == 2 and done["ttfa_ms"] > 0
     assert float(np.sqrt(np.mean(pcm**2))) > 1e-3  # the random model's audio is not silence
-    # the engine's last segment: its generated frames fit inside the streamed audio
-    assert engine.last_mel is not None
-    assert 256 * (engine.last_mel.shape[0] - 1) / 24.0 < done["audio_ms"]
+    # the segments' generated frames fit inside the streamed audio
+    assert len(opened) == 2 and all(item.mel is not None for item in opened)
+    assert sum(256 * (item.mel.shape[0] - 1) / 24.0 for item in opened) < done["audio_ms"]
 
 
 def test_unknown_voice_is_reported_and_the_session_goes_on(f5_server: tuple[str, F5Engine]) -> None:

@@ -128,7 +128,7 @@ async def test_engine_error_fails_one_job_and_the_worker_keeps_going() -> None:
     await sink.wait_for(lambda ev: len(finished(ev)) == 3)
     await asyncio.to_thread(sched.stop)
     failed = {e.request.index: e.code for e in sink.events if isinstance(e, SegmentFailed)}
-    assert failed == {0: "engine_error", 1: "internal_error"}
+    assert failed == {0: "engine_error", 1: "engine_fault"}
     assert any(isinstance(e, SegmentFinished) and e.request.index == 2 for e in sink.events)
 
 

@@ -143,13 +143,13 @@ def test_nfe_option_sets_the_number_of_backbone_steps(
     engine: F5Engine, monkeypatch: pytest.MonkeyPatch, nfe: int
 ) -> None:
     calls = []
-    step = engine.sampler._step
+    step = engine.batch.velocity
 
     def counting_step(*args: torch.Tensor) -> torch.Tensor:
         calls.append(args[3])
         return step(*args)
 
-    monkeypatch.setattr(engine.sampler, "_step", counting_step)
+    monkeypatch.setattr(engine.batch, "velocity", counting_step)
     list(engine.synthesize(TEXT, "alice", SynthOptions(nfe=nfe, seed=0)))
     assert len(calls) == nfe
 
@@ -278,11 +278,13 @@ def test_cuda_compiled_engine_does_not_recompile_after_warmup(
     cfg = EngineConfig(engine="f5", device="cuda:0", dtype="fp16", compile=True, voices_dir=str(voices))
     eng = F5Engine(cfg, model_config=small_config(text_num_embeds=2545), weights=weights)
     assert eng.compiled and eng.model.dtype == torch.float16
-    eng.buckets = eng.buckets[:4]  # the short test texts fit in the smallest buckets
+    # the short test texts fit in the smallest buckets
+    eng.buckets = eng.batch.frame_buckets = eng.buckets[:4]  # type: ignore[assignment]
     assert eng.warmup() > 0
     counters.clear()
     for seed in (0, 1):
         chunks = list(eng.synthesize(TEXT, "alice", SynthOptions(seed=seed)))
         assert sum(c.size for c in chunks) > 0 and np.isfinite(np.concatenate(chunks)).all()
     assert counters["stats"]["unique_graphs"] == 0  # every shape was compiled during warm-up
-    assert eng.last_stats is not None and eng.last_stats.total_frames in eng.buckets
+    assert eng.batch.runner is not None and eng.graph_bytes >= 0
+    assert eng.last_stats is not None and eng.last_stats.total_frames not in eng.buckets
