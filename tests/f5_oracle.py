@@ -24,6 +24,10 @@ import soundfile as sf
 import torch
 
 
+def _no_librosa(*_: Any, **__: Any) -> Any:
+    raise RuntimeError("librosa is not installed (the reference's BigVGAN mel needs it)")
+
+
 def _install_lean_model_package() -> None:
     if "f5_tts.model" in sys.modules:
         return
@@ -34,6 +38,15 @@ def _install_lean_model_package() -> None:
     pkg = types.ModuleType("f5_tts.model")
     pkg.__path__ = [os.path.join(root, "model")]
     sys.modules["f5_tts.model"] = pkg
+    if importlib.util.find_spec("librosa") is None:
+        # Only the reference's BigVGAN mel uses librosa (never called here); the GPU check's
+        # wheels leave it out (it needs numba), so a stub stands in.
+        filters = types.ModuleType("librosa.filters")
+        filters.mel = _no_librosa  # type: ignore[attr-defined]
+        librosa = types.ModuleType("librosa")
+        librosa.__path__ = []
+        librosa.filters = filters  # type: ignore[attr-defined]
+        sys.modules.update({"librosa": librosa, "librosa.filters": filters})
 
 
 def reference_module(name: str) -> Any:
