@@ -120,7 +120,8 @@ StepKind = Literal["sample", "vocode"]
 
 
 class BatchItem(Protocol):
-    """One segment in flight in a batching engine (`BatchEngine.open_item`).
+    """One segment in flight in a batching engine (`BatchEngine.open_item`). Read-only for the
+    caller; the engine's steps change them.
 
     Attributes:
         phase: "sampling" (sampler steps left), "vocoding" (audio chunks left), "done".
@@ -129,10 +130,17 @@ class BatchItem(Protocol):
         first_audio: True until its first audio chunk has been returned.
     """
 
-    phase: ItemPhase
-    n_frames: int
-    steps_left: int
-    first_audio: bool
+    @property
+    def phase(self) -> ItemPhase: ...
+
+    @property
+    def n_frames(self) -> int: ...
+
+    @property
+    def steps_left(self) -> int: ...
+
+    @property
+    def first_audio(self) -> bool: ...
 
 
 @runtime_checkable

@@ -23,13 +23,15 @@ from engine.config import AudioConfig
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 OPUS_FRAME_MS = (10, 20, 40, 60)
 OPUS_APPLICATIONS = ("audio", "voip", "restricted_lowdelay")
-PCM_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 # libopus defaults to 10. Measured on eSpeak speech at 24 kHz / 32 kbps on the 2-core dev box:
 # complexity 10 costs ~27 ms of CPU per second of audio, 5 costs ~6 ms (all sessions share one
 # engine thread, so this is capacity), with the same bitrate and a higher waveform SNR
 # (14.6 vs 9.1 dB; below 7 libopus skips its extra signal analysis).
 DEFAULT_OPUS_COMPLEXITY = 5
-AudioFormat = Literal["opus", "pcm_s16le"]
+AudioFormat = Literal["opus", "pcm_s16le", "ulaw", "alaw"]
+# formats only the ElevenLabs-compatible API asks for (engine.av_encoders; need a bitrate)
+CONTAINER_FORMATS = ("mp3", "ogg_opus")
 
 
 # The same libopus that opuslib loaded, called through PyDLL so the call keeps the GIL: one frame
@@ -340,26 +342,57 @@ class PcmEncoder:
 
 
 def make_encoder(
-    fmt: str, out_rate: int, audio: AudioConfig, in_rate: int = 24000
-) -> OpusFrameEncoder | PcmEncoder:
+    fmt: str, out_rate: int, audio: AudioConfig, in_rate: int = 24000, *, bitrate: int | None = None
+) -> AudioEncoder:
     """Build the encoder for a session's ``format`` / ``sample_rate``.
 
-    Raises ``UnsupportedAudioFormatError`` for an unknown format and ``UnsupportedSampleRateError``
-    for a rate the format cannot carry (both ``InvalidOptionError`` and ``ValueError`` subclasses,
-    with the server's wire codes ``unsupported_format`` / ``unsupported_sample_rate``).
+    ``opus`` (raw packets), ``pcm_s16le``, ``ulaw`` / ``alaw`` (G.711 at 8 kHz, ``engine.g711``),
+    and for the ElevenLabs-compatible API ``mp3`` / ``ogg_opus`` (``engine.av_encoders``, at
+    ``bitrate`` bit/s). Raises ``UnsupportedAudioFormatError`` for an unknown format and
+    ``UnsupportedSampleRateError`` for a rate the format cannot carry (both ``InvalidOptionError``
+    and ``ValueError`` subclasses, with the server's wire codes ``unsupported_format`` /
+    ``unsupported_sample_rate``).
     """
     if fmt == "opus":
         return OpusFrameEncoder(
             sample_rate=out_rate,
-            bitrate=audio.opus_bitrate,
+            bitrate=audio.opus_bitrate if bitrate is None else bitrate,
             application=audio.opus_application,
             frame_ms=audio.frame_ms,
             in_rate=in_rate,
-            # not an AudioConfig field (yet): picked up if the config gains one
             complexity=audio.opus_complexity,
         )
     if fmt == "pcm_s16le":
         return PcmEncoder(in_rate=in_rate, out_rate=out_rate, chunk_ms=audio.frame_ms)
+    if fmt in ("ulaw", "alaw"):
+        from engine.g711 import G711Encoder
+
+        return G711Encoder(fmt, in_rate=in_rate, out_rate=out_rate, chunk_ms=audio.frame_ms)
+    if fmt == "mp3":
+        from engine.av_encoders import Mp3FrameEncoder
+
+        return Mp3FrameEncoder(in_rate=in_rate, out_rate=out_rate, bitrate=bitrate or 128000)
+    if fmt == "ogg_opus":
+        from engine.av_encoders import OggOpusEncoder
+
+        return OggOpusEncoder(in_rate=in_rate, out_rate=out_rate, bitrate=bitrate or 64000)
     raise UnsupportedAudioFormatError(
-        f"unknown audio format {fmt!r} (expected 'opus' or 'pcm_s16le')"
+        f"unknown audio format {fmt!r} (expected opus, pcm_s16le, ulaw or alaw)"
     )
+
+
+def encoded_seconds(fmt: str, sample_rate: int, packet: bytes, frame_ms: float) -> float:
+    """Audio duration of one item from ``make_encoder(fmt, sample_rate, ...)``.
+
+    Opus items are one ``frame_ms`` frame; PCM is 2 bytes and G.711 1 byte per sample; MP3 items
+    are one MPEG frame; Ogg Opus items one 20 ms packet (``engine.av_encoders``).
+    """
+    if fmt == "opus":
+        return frame_ms / 1000.0
+    if fmt in ("ulaw", "alaw"):
+        return len(packet) / sample_rate
+    if fmt == "mp3":
+        return (1152 if sample_rate >= 32000 else 576) / sample_rate
+    if fmt == "ogg_opus":
+        return 0.02
+    return len(packet) / 2 / sample_rate

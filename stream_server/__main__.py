@@ -23,6 +23,7 @@ _LAZY = {
     "bench": ("stream_server.bench", "TTFA / RTF / underrun benchmark against a running server"),
     "bench-engine": ("stream_server.bench_engine", "per-stage engine timing (no server)"),
     "download": ("stream_server.download", "fetch the F5-TTS and Vocos weights"),
+    "serve-ray": ("stream_server.ray_serve", "run the server on Ray Serve (replicas, autoscaling)"),
 }
 
 

@@ -12,21 +12,22 @@ import contextlib
 import importlib.resources
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, WebSocket
+from fastapi import APIRouter, FastAPI, HTTPException, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.base import Engine
 from stream_server.config import AppConfig
 from stream_server.connection import Connection, Hub
 from stream_server.errors import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
 from stream_server.metrics import ServerMetrics
+from stream_server.overlay import OverlayBackend
 from stream_server.protocol import PROTOCOL_VERSION, SAMPLE_RATES, Error, encode_server_message
 
 log = logging.getLogger("stream_server")
@@ -44,16 +45,52 @@ class _WebDemoFiles(StaticFiles):
         return await super().get_response(path, scope)
 
 
+class ReplicaHeader:
+    """ASGI middleware: every HTTP response and WebSocket handshake names the serving replica
+    (``x-stream-tts-replica``), so a client behind a load balancer can tell where it landed."""
+
+    def __init__(self, app: ASGIApp, replica: str) -> None:
+        self.app = app
+        self.header = (b"x-stream-tts-replica", replica.encode("latin-1"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_named(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_named)
+
+
 def _web_demo_dir() -> Path:
     return Path(str(importlib.resources.files("web_demo")))
 
 
-def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: str = "passed to create_app") -> FastAPI:
+def create_app(
+    config: AppConfig,
+    engine: Engine | None = None,
+    engine_reason: str = "passed to create_app",
+    *,
+    replica: str = "",
+    overlay: OverlayBackend | None = None,
+    serve_after_warmup: bool = False,
+    extra_routers: Sequence[APIRouter] = (),
+) -> FastAPI:
     """Build the app. ``engine`` None: ``engine.factory.create_engine(config.engine)`` at start-up.
 
     ``/healthz`` answers 503 until the engine's warm-up (run on the worker thread) is done.
+    ``replica`` names this server among several (Ray Serve): it is in ``ready``, ``/v1/info`` and
+    every metric's labels. ``overlay``: a shared overlay queue (default: one of this app's own).
+    ``serve_after_warmup``: the lifespan start-up waits for the warm-up (and fails with it), for
+    hosts that route traffic only after start-up (Ray Serve replicas). ``extra_routers``: more
+    routes from the host (they come before the static pages).
     """
-    hub = Hub(config, ServerMetrics(), engine, engine_reason)
+    hub = Hub(config, ServerMetrics(replica=replica), engine, engine_reason)
+    hub.replica = replica
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +100,10 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
             hub.engine, hub.engine_reason = await asyncio.to_thread(create_engine, config.engine)
         hub.start(asyncio.get_running_loop())
         warm = asyncio.create_task(hub.warm_up(), name="warm-up")
+        if serve_after_warmup:
+            await asyncio.shield(warm)
+            if hub.warmup_error:
+                raise RuntimeError(hub.warmup_error)
         try:
             yield
         finally:
@@ -74,6 +115,8 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
 
     app = FastAPI(title="stream-tts", version=str(PROTOCOL_VERSION), lifespan=lifespan)
     app.state.hub = hub
+    if replica:
+        app.add_middleware(ReplicaHeader, replica=replica)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -111,6 +154,7 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
                 "protocol_version": PROTOCOL_VERSION,
                 "engine": eng.name,
                 "engine_reason": hub.engine_reason,
+                "replica": hub.replica,
                 "device": eng.device,
                 "sample_rate": eng.sample_rate,
                 "default_voice": eng.default_voice,
@@ -148,7 +192,9 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
             return
         await Connection(hub, websocket, uuid.uuid4().hex[:12]).run()
 
-    _include_routers(app, hub)
+    _include_routers(app, hub, overlay)
+    for router in extra_routers:
+        app.include_router(router)
 
     web_dir = _web_demo_dir()
 
@@ -163,13 +209,16 @@ def create_app(config: AppConfig, engine: Engine | None = None, engine_reason: s
     return app
 
 
-def _include_routers(app: FastAPI, hub: Hub) -> None:
-    """The voice upload router (F5 voice store; 409 for engines without one) and the overlay router."""
+def _include_routers(app: FastAPI, hub: Hub, overlay: OverlayBackend | None) -> None:
+    """The voice upload router (F5 voice store; 409 for engines without one), the overlay router,
+    and the compatible APIs (``stream_server.api``)."""
+    from stream_server.api.elevenlabs_routes import register_elevenlabs_routes
     from stream_server.overlay import create_overlay_router
     from stream_server.voice_routes import create_voice_router
 
     app.include_router(create_voice_router(lambda: getattr(hub.engine, "voice_store", None)))
-    app.include_router(create_overlay_router(hub.config.server))
+    app.include_router(create_overlay_router(hub.config.server, overlay))
+    register_elevenlabs_routes(app, hub)
 
 
 class StreamServer(uvicorn.Server):
@@ -204,6 +253,10 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
         host=config.server.host,
         port=config.server.port,
         ws="websockets-sansio",  # the legacy implementation imports deprecated websockets.legacy
+        # named, not "auto": installing an extra (Ray brings uvloop and httptools) must not
+        # silently change the server's event loop and HTTP parser
+        loop="asyncio",
+        http="h11",
         lifespan="on",
         log_level=config.server.log_level,
         **uvicorn_kwargs,

@@ -147,6 +147,43 @@ def choose_step(
     return StepPlan(kind, tuple(c.key for c in batch), len(batch) * longest, step_cost)
 
 
+class OomBackoff:
+    """Batch limits after out-of-memory errors: each one halves the rows and padded frames of the
+    step that failed (or the current caps, if lower); every ``recovery_steps`` clean steps double
+    them again, and once both reach the engine's limits the backoff ends."""
+
+    def __init__(self, max_rows: int, max_frames: int, recovery_steps: int = 64) -> None:
+        self.max_rows = max_rows
+        self.max_frames = max_frames
+        self.recovery_steps = recovery_steps
+        self.rows: int | None = None  # current caps; None = no backoff
+        self.frames: int | None = None
+        self._clean = 0
+
+    def limits(self) -> BatchLimits:
+        rows = min(self.max_rows, self.rows or self.max_rows)
+        frames = min(self.max_frames, self.frames or self.max_frames)
+        return BatchLimits(max(1, rows), max(1, frames))
+
+    def out_of_memory(self, rows: int, frames: int) -> BatchLimits:
+        """A step of ``rows`` items and ``frames`` padded frames ran out of memory."""
+        self.rows = max(1, min(self.rows or rows, rows) // 2)
+        self.frames = max(1, min(self.frames or frames, frames) // 2)
+        self._clean = 0
+        return self.limits()
+
+    def clean_step(self) -> None:
+        if self.rows is None or self.frames is None:
+            return
+        self._clean += 1
+        if self._clean >= self.recovery_steps:
+            self._clean = 0
+            self.rows *= 2
+            self.frames *= 2
+            if self.rows >= self.max_rows and self.frames >= self.max_frames:
+                self.rows = self.frames = None
+
+
 def linear_cost(per_row_frame_s: float, overhead_s: float = 0.0) -> CostFn:
     """A cost table where a step costs ``overhead + rows x frames x per_row_frame`` (a CPU-like
     device; tests and fakes use it)."""

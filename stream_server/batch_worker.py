@@ -4,9 +4,10 @@
 per-session audio post + encoding) whose unit of work is one engine *step* instead of one chunk of
 one generator. Each time round the worker loop it:
 
-1. opens an engine item (``open_item``) for every segment that may start: the head segment of every
-   session, and its next segment once the head is making audio (so the next one samples ahead of
-   playback, at a later deadline);
+1. opens an engine item (``open_item``) for segments that may start, in deadline order and only as
+   many as could join the next sampler step: the head segment of every session, and its next
+   segment once the head is making audio (so the next one samples ahead of playback, at a later
+   deadline);
 2. describes every item that can advance as a ``batch_policy.Candidate`` (head items sample or
    vocode; the ahead item only samples, since its audio must wait for the head's; a session parked
    ``max_ahead_s`` ahead of its writer only samples, it makes no audio) and lets
@@ -21,12 +22,13 @@ Faults stay with their segments: a step that raises is retried in halves until t
 alone, and only those fail (``engine_fault``; an ``EngineError`` keeps its code). An out-of-memory
 error (``torch.OutOfMemoryError``, matched by name so the server does not import torch for eSpeak)
 also halves the batch limits for the following steps (restored step by step after
-``OOM_RECOVERY_STEPS`` clean steps); an item that runs out of memory alone fails with
+``batch_policy.OomBackoff.recovery_steps`` clean steps); an item that runs out of memory alone fails with
 ``out_of_memory``. Every other session continues; ``on_fault`` counts each fault.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import time
@@ -39,13 +41,21 @@ from engine.audio import SegmentShaper
 from engine.base import BatchEngine, BatchItem, Engine, EngineError, StepKind
 from engine.codec import make_encoder
 from engine.config import AudioConfig
-from stream_server.batch_policy import BatchLimits, BatchPolicy, Candidate, choose_step
-from stream_server.scheduler import Scheduler, _Job
+from stream_server.batch_policy import BatchLimits, BatchPolicy, Candidate, OomBackoff, choose_step
+from stream_server.scheduler import (
+    _IDLE_WAIT_S,
+    Channel,
+    Scheduler,
+    SegmentAudio,
+    SegmentFailed,
+    SegmentFinished,
+    _Job,
+    packet_seconds,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = BatchPolicy()
-OOM_RECOVERY_STEPS = 64  # clean steps after an out-of-memory before the limits grow again
 _HOP_SAMPLES = 256  # mel frame hop of the F5 family (24 kHz): frames -> seconds for estimates
 _FIRST_CHUNK_FRAMES = 24  # vocoder chunk sizes assumed when an item does not say (cost lookups)
 _CHUNK_FRAMES = 96
@@ -104,20 +114,16 @@ class BatchScheduler(Scheduler):
         self.on_step = on_step or (lambda kind, rows, seconds: None)
         # worker-thread state
         self._items: dict[_Job, BatchItem] = {}
-        self._oom_rows: int | None = None  # lowered limits after an out-of-memory
-        self._oom_frames: int | None = None
-        self._clean_steps = 0
+        self.backoff = OomBackoff(self.max_rows, self.max_frames)  # limits lowered after an OOM
 
     # ------------------------------------------------------------------ planning (lock held)
 
     def limits(self) -> BatchLimits:
-        rows = min(self.max_rows, self._oom_rows or self.max_rows)
-        frames = min(self.max_frames, self._oom_frames or self.max_frames)
-        return BatchLimits(max(1, rows), max(1, frames))
+        return self.backoff.limits()
 
     def _next_work_locked(self) -> Callable[[], None] | None:
         now = time.monotonic()
-        to_open: list[tuple[_Job, bool]] = []
+        to_open: list[tuple[float, int, _Job, bool]] = []  # deadline, order, job, fast_start
         to_finish: list[_Job] = []
         candidates: list[Candidate] = []
         jobs: list[_Job] = []
@@ -130,7 +136,7 @@ class BatchScheduler(Scheduler):
             head = ch.jobs[0]
             item = self._items.get(head)
             if item is None:
-                to_open.append((head, ch.clock_start is None))
+                to_open.append((ch.deadline(), order, head, ch.clock_start is None))
                 continue
             if item.phase == "done":
                 if not parked:
@@ -144,19 +150,36 @@ class BatchScheduler(Scheduler):
             # the next segment samples ahead, needed when the head's audio runs out
             nxt = ch.jobs[1]
             nxt_item = self._items.get(nxt)
+            ahead_s = max(0.0, expected_audio_s(item, self.engine.sample_rate) - head.audio_s)
+            deadline = max(ch.deadline(), now) + ahead_s
             if nxt_item is None:
-                to_open.append((nxt, False))
+                to_open.append((deadline, order, nxt, False))
             elif nxt_item.phase == "sampling":
-                ahead_s = max(0.0, expected_audio_s(item, self.engine.sample_rate) - head.audio_s)
-                deadline = max(ch.deadline(), now) + ahead_s
                 candidates.append(self._candidate(len(jobs), nxt_item, deadline, order))
                 jobs.append(nxt)
-        if to_open or to_finish:
-            return functools.partial(self._open_and_finish, to_open, to_finish)
+        opens = self._opens_worth_now(to_open, candidates)
+        if opens or to_finish:
+            return functools.partial(self._open_and_finish, opens, to_finish)
         plan = choose_step(candidates, self.limits(), self.engine.step_cost_s, now, self.policy)
         if plan is None:
             return None
         return functools.partial(self._run_step, plan.kind, [jobs[k] for k in plan.keys])
+
+    def _opens_worth_now(
+        self, to_open: list[tuple[float, int, _Job, bool]], candidates: list[Candidate]
+    ) -> list[tuple[_Job, bool]]:
+        """The segments to open before the next step: in deadline order, those that would be among
+        the ``max_rows`` most urgent sampling items (opening costs a text-encoder pass; 64 sessions
+        starting at once should not all pay for it before the first 16 get a step)."""
+        deadlines = sorted((c.deadline_s, c.order) for c in candidates if c.kind == "sample")
+        rows = self.limits().max_rows
+        out = []
+        for deadline, order, job, fast_start in sorted(to_open, key=lambda o: (o[0], o[1])):
+            if bisect.bisect_left(deadlines, (deadline, order)) >= rows:
+                break
+            bisect.insort(deadlines, (deadline, order))
+            out.append((job, fast_start))
+        return out
 
     def _candidate(self, key: int, item: Any, deadline_s: float, order: int) -> Candidate:
         if item.phase == "sampling":
@@ -165,15 +188,78 @@ class BatchScheduler(Scheduler):
         frames = int(sizer(item)) if sizer is not None else vocode_frames(item)
         return Candidate(key, "vocode", frames, deadline_s, order)
 
+    def _cancel_locked(self, channel: Channel) -> None:
+        self._to_close.extend(channel.jobs)  # the worker closes their items before the next step
+        super()._cancel_locked(channel)
+
     # ------------------------------------------------------------------ worker thread
 
-    def _close_job(self, job: _Job) -> None:
+    def _run(self, *_lane: object) -> None:
+        """The worker loop (the chunk worker's, with a planned step as the unit of work)."""
+        while True:
+            with self._cond:
+                while True:
+                    to_close, self._to_close = self._to_close, []
+                    call = self._calls.popleft() if self._calls else None
+                    work = None if (call or self._stopping) else self._next_work_locked()
+                    if to_close or call or work or self._stopping:
+                        break
+                    self._cond.wait(_IDLE_WAIT_S)
+            for job in to_close:
+                self._close_item(job)
+            if call is not None:
+                fn, fut = call
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as exc:  # handed to the awaiting coroutine
+                        fut.set_exception(exc)
+            elif work is not None:
+                try:
+                    work()
+                except Exception:  # a bug in the step logic must not take the worker down
+                    log.exception("batch worker step failed")
+                    self.on_fault("worker")
+            elif self._stopping:
+                break
+        for _, fut in self._calls:
+            fut.cancel()
+
+    def _close_item(self, job: _Job) -> None:
         item = self._items.pop(job, None)
         if item is not None:
             try:
                 self.engine.close_item(item)
             except Exception:
                 log.exception("engine close_item raised")
+
+    def _settle(
+        self, job: _Job, packets: list[bytes], finished: bool, failure: tuple[str, str] | None, elapsed: float
+    ) -> None:
+        """Account one advance of ``job`` (its packets, ``elapsed`` worker seconds), post its events
+        (as the chunk worker does after each chunk) and release its item when it ends."""
+        frame_ms = float(self.audio.frame_ms)
+        audio_s = sum(packet_seconds(job.request, p, frame_ms) for p in packets)
+        with self._cond:
+            if job.cancelled:
+                return  # queued in _to_close by the cancel
+            ch = job.channel
+            job.synth_s += elapsed
+            job.audio_s += audio_s
+            if ch.clock_start is None and audio_s > 0:
+                ch.clock_start = time.monotonic()  # playback starts about now
+            ch.produced_s += audio_s
+            if failure is not None or finished:
+                ch.jobs.remove(job)  # the head, or a segment sampled ahead that failed
+                self._n_jobs -= 1
+        if packets and failure is None:
+            self._post(ch, SegmentAudio(job.request, tuple(packets), audio_s))
+        if failure is not None:
+            self._post(ch, SegmentFailed(job.request, *failure))
+        elif finished:
+            self._post(ch, SegmentFinished(job.request, job.audio_s, job.synth_s))
+        if failure is not None or finished:
+            self._close_item(job)
 
     def _open_and_finish(self, to_open: list[tuple[_Job, bool]], to_finish: list[_Job]) -> None:
         for job, fast_start in to_open:
@@ -189,6 +275,8 @@ class BatchScheduler(Scheduler):
             except EngineError as exc:
                 failure = (exc.code, str(exc) or exc.code)
             except Exception as exc:
+                if is_out_of_memory(exc):
+                    self.on_fault("oom")
                 failure = self._fault(job, exc)
             else:
                 self._items[job] = item
@@ -199,7 +287,7 @@ class BatchScheduler(Scheduler):
                     job.synth_s += time.perf_counter() - t0
                     cancelled = job.cancelled
                 if cancelled:
-                    self._close_job(job)
+                    self._close_item(job)
         for job in to_finish:  # an empty segment: only its pause
             self._emit(job, None, finished=True, elapsed=0.0)
 
@@ -243,7 +331,7 @@ class BatchScheduler(Scheduler):
                         kind, len(jobs), type(exc).__name__, exc)
             half = len(jobs) // 2
             return {**self._guarded_step(kind, jobs[:half]), **self._guarded_step(kind, jobs[half:])}
-        self._note_clean_step()
+        self.backoff.clean_step()
         return dict(zip(jobs, chunks, strict=True))
 
     def _fault(self, job: _Job, exc: Exception) -> tuple[str, str]:
@@ -262,23 +350,9 @@ class BatchScheduler(Scheduler):
     def _lower_limits(self, jobs: list[_Job]) -> None:
         rows = len(jobs)
         frames = rows * max(int(self._items[j].n_frames) for j in jobs)
-        self._oom_rows = max(1, min(self._oom_rows or rows, rows) // 2)
-        self._oom_frames = max(1, min(self._oom_frames or frames, frames) // 2)
-        self._clean_steps = 0
+        limits = self.backoff.out_of_memory(rows, frames)
         log.warning("out of memory at %d rows / %d frames: limits now %d rows / %d frames",
-                    rows, frames, self._oom_rows, self._oom_frames)
-
-    def _note_clean_step(self) -> None:
-        if self._oom_rows is None:
-            return
-        self._clean_steps += 1
-        if self._clean_steps >= OOM_RECOVERY_STEPS:
-            self._clean_steps = 0
-            self._oom_rows *= 2
-            assert self._oom_frames is not None
-            self._oom_frames *= 2
-            if self._oom_rows >= self.max_rows and self._oom_frames >= self.max_frames:
-                self._oom_rows = self._oom_frames = None
+                    rows, frames, limits.max_rows, limits.max_frames)
 
     def _emit(self, job: _Job, chunk: np.ndarray | None, *, finished: bool, elapsed: float) -> None:
         """A vocoder chunk of ``job`` through its audio post and encoder, then its events."""
@@ -293,8 +367,6 @@ class BatchScheduler(Scheduler):
         except Exception as exc:
             failure = self._fault(job, exc)
         self._settle(job, packets, finished, failure, elapsed)
-        if finished or failure is not None:
-            self._close_job(job)
 
 
 def make_scheduler(

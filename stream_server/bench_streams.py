@@ -220,5 +220,9 @@ def run_from_args(args: Any, engine: Engine, segments: list[str], voice: str, ex
     if args.json:
         config = {"engine": engine.name, "device": engine.device, "nfe": args.nfe,
                   "segments": len(segments), "stagger_ms": args.stagger_ms, "batching": batching, **extra}
+        costs = getattr(engine, "costs", None)  # F5: the step cost table measured in warm-up
+        if costs is not None and hasattr(costs, "points"):
+            config["step_cost_s"] = {kind: [[r, f, s] for (r, f), s in sorted(costs.points(kind).items())]
+                                     for kind in ("sample", "vocode")}
         write_json(args.json, config, results)
     return 0

@@ -51,6 +51,10 @@ class ServerConfig:
     overlay_queue_size: int = 32
     overlay_max_chars: int = 500
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # ElevenLabs-compatible API: estimated per-character alignment with the audio (each segment's
+    # audio then waits until the segment is synthesized) when the client asks (sync_alignment=true)
+    # or always (for clients such as Pipecat that use it but cannot ask)
+    elevenlabs_alignment: Literal["requested", "always"] = "requested"
 
     def __post_init__(self) -> None:
         positive = (

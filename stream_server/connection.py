@@ -12,6 +12,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import WebSocket, WebSocketDisconnect
 
@@ -79,6 +80,14 @@ class Outbox:
         return self._items.popleft()
 
 
+class OpenConnection(Protocol):
+    """What ``Hub`` needs of an open WebSocket of any API (``/v1/stream``, ``stream_server.api``)."""
+
+    finished: asyncio.Event
+
+    def shutdown(self) -> None: ...
+
+
 class Hub:
     """App-wide state shared by all connections."""
 
@@ -87,8 +96,9 @@ class Hub:
         self.metrics = metrics
         self.engine = engine
         self.engine_reason = engine_reason
+        self.replica = ""  # this server's name among several (Ray Serve replicas); "" alone
         self.scheduler: Scheduler | None = None
-        self.connections: set[Connection] = set()
+        self.connections: set[OpenConnection] = set()
         self.warm = False
         self.warmup_s: float | None = None
         self.warmup_error: str | None = None
@@ -117,6 +127,7 @@ class Hub:
             sample_rate=eng.sample_rate,
             default_voice=eng.default_voice,
             voice_names=lambda: {v.name for v in eng.voices()},
+            replica=self.replica,
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

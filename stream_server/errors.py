@@ -44,7 +44,7 @@ _KINDS = (
     ErrorKind("text_too_long", None, True, "text over the per-message limit; the message is dropped"),
     ErrorKind("session_text_limit", None, False, "the session's total text limit is reached; text is dropped"),
     ErrorKind("unknown_voice", None, False, "the voice is not one of GET /v1/voices"),
-    ErrorKind("unsupported_format", None, False, "format is not one of opus, pcm_s16le"),
+    ErrorKind("unsupported_format", None, False, "format is not one of opus, pcm_s16le, ulaw, alaw"),
     ErrorKind("unsupported_sample_rate", None, False, "sample_rate is not supported for this format"),
     ErrorKind("invalid_option", None, False, "an option is out of range"),
     ErrorKind("binary_not_allowed", None, True, "clients send JSON text frames only"),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 # Server TTFA: tens of ms on CPU with eSpeak; hundreds with F5 under load.
 _TTFA_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
@@ -15,7 +19,9 @@ class ServerMetrics:
     Implements ``stream_server.session.SessionMetrics``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, replica: str = "") -> None:
+        """``replica``: when set, every sample carries a ``replica`` label (several servers)."""
+        self.replica = replica
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttfa = Histogram(
@@ -70,4 +76,27 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         """Prometheus text exposition format."""
-        return generate_latest(self.registry)
+        return generate_latest(self.collector())
+
+    def collector(self) -> CollectorRegistry | _Labelled:
+        """What to expose: the registry, seen through the ``replica`` label when one is set."""
+        if not self.replica:
+            return self.registry
+        return _Labelled(self.registry, {"replica": self.replica})
+
+
+class _Labelled:
+    """A registry view that adds constant labels to every sample."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self.registry = registry
+        self.labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            out = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            out.samples = [
+                Sample(s.name, {**s.labels, **self.labels}, s.value, s.timestamp, s.exemplar)
+                for s in metric.samples
+            ]
+            yield out

@@ -40,7 +40,7 @@ import json
 import logging
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
@@ -206,6 +206,77 @@ class OverlayQueue:
             self.current = None
 
 
+class OverlayBackend(Protocol):
+    """Where the queue lives: this process (`LocalOverlay`) or shared by several server replicas
+    (`stream_server.ray_serve`'s named actor). Every method may raise ``OverlayError``."""
+
+    async def say(self, text: str, voice: str, author: str) -> tuple[OverlayItem, int]: ...
+    async def skip(self) -> str | None: ...
+    async def clear(self) -> tuple[int, str | None]: ...
+    async def snapshot(self) -> dict[str, Any]: ...
+    async def connect(self) -> str:
+        """Register a page; returns its listener id."""
+        ...
+    async def next_event(self, listener: str) -> dict[str, str]:
+        """The page's next event (waits); ``{"type": "_close"}`` when the page must go."""
+        ...
+    async def played(self, item_id: str) -> None: ...
+    async def disconnect(self, listener: str) -> None: ...
+
+
+class LocalOverlay:
+    """`OverlayBackend` over an in-process `OverlayQueue` (one server process)."""
+
+    def __init__(self, queue: OverlayQueue) -> None:
+        self.queue = queue
+        self._outboxes: dict[str, asyncio.Queue[dict[str, str]]] = {}
+        self._ids = itertools.count(1)
+
+    async def say(self, text: str, voice: str, author: str) -> tuple[OverlayItem, int]:
+        return self.queue.say(text, voice, author)
+
+    async def skip(self) -> str | None:
+        return self.queue.skip()
+
+    async def clear(self) -> tuple[int, str | None]:
+        return self.queue.clear()
+
+    async def snapshot(self) -> dict[str, Any]:
+        return self.queue.snapshot()
+
+    async def connect(self) -> str:
+        listener = f"l{next(self._ids)}"
+        self._outboxes[listener] = self.queue.connect()
+        return listener
+
+    async def next_event(self, listener: str) -> dict[str, str]:
+        outbox = self._outboxes.get(listener)
+        if outbox is None:
+            return {"type": "_close"}
+        return await outbox.get()
+
+    def pending_events(self, listener: str) -> list[dict[str, str]]:
+        """Events queued for the page right now, without waiting (for pollers)."""
+        outbox = self._outboxes.get(listener)
+        if outbox is None:
+            return [{"type": "_close"}]
+        events = []
+        while not outbox.empty():
+            events.append(outbox.get_nowait())
+        return events
+
+    async def played(self, item_id: str) -> None:
+        self.queue.played(item_id)
+
+    async def disconnect(self, listener: str) -> None:
+        outbox = self._outboxes.pop(listener, None)
+        if outbox is not None:
+            self.queue.disconnect(outbox)
+
+    def listeners(self) -> list[str]:
+        return list(self._outboxes)
+
+
 def _check_key(request: Request, api_key: str) -> None:
     if not api_key:
         return
@@ -217,9 +288,10 @@ def _check_key(request: Request, api_key: str) -> None:
         raise OverlayError(401, "unauthorized", "missing or wrong API key")
 
 
-def create_overlay_router(cfg: ServerConfig) -> APIRouter:
-    """Build the overlay routes with their own queue (one queue per app)."""
+def create_overlay_router(cfg: ServerConfig, backend: OverlayBackend | None = None) -> APIRouter:
+    """Build the overlay routes; ``backend`` None = a queue of this app's own (one process)."""
     queue = OverlayQueue(cfg.overlay_queue_size, cfg.overlay_max_chars)
+    shared: OverlayBackend = backend if backend is not None else LocalOverlay(queue)
     router = APIRouter()
     api_key = cfg.overlay_api_key
 
@@ -237,7 +309,7 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
         try:
             _check_key(request, api_key)
             text, voice, author = queue.parse_say(await _json_body(request))
-            item, position = queue.say(text, voice, author)
+            item, position = await shared.say(text, voice, author)
         except OverlayError as exc:
             return exc.response()
         return JSONResponse({"id": item.id, "position": position}, status_code=202)
@@ -248,7 +320,7 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
             _check_key(request, api_key)
         except OverlayError as exc:
             return exc.response()
-        return JSONResponse({"skipped": queue.skip()})
+        return JSONResponse({"skipped": await shared.skip()})
 
     @router.post("/v1/overlay/clear")
     async def overlay_clear(request: Request) -> JSONResponse:
@@ -256,17 +328,22 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
             _check_key(request, api_key)
         except OverlayError as exc:
             return exc.response()
-        removed, skipped = queue.clear()
+        removed, skipped = await shared.clear()
         return JSONResponse({"removed": removed, "skipped": skipped})
 
     @router.get("/v1/overlay/queue")
     async def overlay_queue() -> JSONResponse:
-        return JSONResponse(queue.snapshot())
+        return JSONResponse(await shared.snapshot())
 
     @router.websocket("/v1/overlay/events")
     async def overlay_events(websocket: WebSocket) -> None:
         await websocket.accept()
-        outbox = queue.connect()
+        listener = await shared.connect()
+        send_lock = asyncio.Lock()  # one sender at a time: the writer and the reader's errors
+
+        async def send(msg: dict[str, str]) -> None:
+            async with send_lock:
+                await websocket.send_text(json.dumps(msg))
 
         async def reader() -> None:
             while True:
@@ -280,23 +357,22 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
                     and msg.get("type") == "played"
                     and isinstance(msg.get("id"), str)
                 ):
-                    queue.played(msg["id"])
+                    await shared.played(msg["id"])
                 else:
                     err = {
                         "type": "error",
                         "code": "invalid_message",
                         "message": 'expected {"type": "played", "id": ...}',
                     }
-                    with contextlib.suppress(asyncio.QueueFull):
-                        outbox.put_nowait(err)
+                    await send(err)
 
         async def writer() -> None:
             while True:
-                msg = await outbox.get()
+                msg = await shared.next_event(listener)
                 if msg["type"] == "_close":
                     await websocket.close(code=1008)
                     return
-                await websocket.send_text(json.dumps(msg))
+                await send(msg)
 
         tasks = [asyncio.create_task(reader()), asyncio.create_task(writer())]
         try:
@@ -307,7 +383,7 @@ def create_overlay_router(cfg: ServerConfig) -> APIRouter:
                     # A malformed frame (e.g. binary) ends the page's connection, nothing else.
                     log.debug("overlay event socket ended: %r", exc)
         finally:
-            queue.disconnect(outbox)
+            await shared.disconnect(listener)
             for task in tasks:
                 task.cancel()
 

@@ -17,12 +17,14 @@ from stream_server.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 
-AudioFormat = Literal["opus", "pcm_s16le"]
+AudioFormat = Literal["opus", "pcm_s16le", "ulaw", "alaw"]
 # Output sample rates per format (Hz), as engine.codec supports them (a test checks). Opus defaults to
 # 24 kHz (20 ms = 480 samples); other rates are resampled on the engine thread.
 SAMPLE_RATES: dict[str, tuple[int, ...]] = {
     "opus": (8000, 12000, 16000, 24000, 48000),
-    "pcm_s16le": (8000, 16000, 22050, 24000, 44100, 48000),
+    "pcm_s16le": (8000, 16000, 22050, 24000, 32000, 44100, 48000),
+    "ulaw": (8000,),  # G.711 mu-law, 1 byte per sample (telephony)
+    "alaw": (8000,),  # G.711 A-law
 }
 MAX_VOICE_CHARS = 64
 
@@ -95,6 +97,7 @@ class Ready:
     sample_rate: int
     frame_ms: int
     channels: int = 1
+    replica: str = ""  # the server replica serving the session (Ray Serve); "" on a single server
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ import numpy as np
 
 from engine.audio import SegmentShaper
 from engine.base import Engine, EngineError, SynthOptions
-from engine.codec import make_encoder
+from engine.codec import encoded_seconds, make_encoder
 from engine.config import AudioConfig
 from stream_server.errors import SessionLimitError
 
@@ -51,8 +50,9 @@ class SynthRequest:
     text: str
     voice: str
     options: SynthOptions
-    format: str  # "opus" | "pcm_s16le"
+    format: str  # "opus" | "pcm_s16le" | "ulaw" | "alaw" (| "mp3" | "ogg_opus": ElevenLabs API)
     sample_rate: int  # output rate of the encoder, Hz
+    bitrate: int | None = None  # bit/s for opus / mp3 / ogg_opus; None = the format's default
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,8 @@ class _Job:
 
 
 def packet_seconds(request: SynthRequest, packet: bytes, frame_ms: float) -> float:
-    """Duration of one binary audio message: an Opus packet is one frame; PCM is 2 bytes/sample."""
-    if request.format == "opus":
-        return frame_ms / 1000.0
-    return len(packet) / 2 / request.sample_rate
+    """Duration of one binary audio message (``engine.codec.encoded_seconds``)."""
+    return encoded_seconds(request.format, request.sample_rate, packet, frame_ms)
 
 
 def pick_next(channels: Iterable[Channel], max_ahead_s: float) -> _Job | None:
@@ -190,6 +188,10 @@ class Scheduler:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
                 log.error("engine worker did not stop within %.0f s", timeout_s)
+
+    def alive(self) -> bool:
+        """The worker thread is running (health checks)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         """Run ``fn`` on the worker thread between chunks (warm-up); await it with wrap_future."""
@@ -267,10 +269,8 @@ class Scheduler:
         channel.clock_start = None
         channel.produced_s = channel.written_s = 0.0
 
-    def _next_work_locked(self) -> Callable[[], None] | None:
-        """The next unit of work, run outside the lock (``BatchScheduler`` plans batched steps)."""
-        job = pick_next(self._channels, self.max_ahead_s)
-        return None if job is None else functools.partial(self._step, job)
+    def _pick_locked(self) -> _Job | None:
+        return pick_next(self._channels, self.max_ahead_s)
 
     # ------------------------------------------------------------------ worker thread
 
@@ -280,8 +280,8 @@ class Scheduler:
                 while True:
                     to_close, self._to_close = self._to_close, []
                     call = self._calls.popleft() if self._calls else None
-                    work = None if (call or self._stopping) else self._next_work_locked()
-                    if to_close or call or work or self._stopping:
+                    job = None if (call or self._stopping) else self._pick_locked()
+                    if to_close or call or job or self._stopping:
                         break
                     self._cond.wait(_IDLE_WAIT_S)
             for old in to_close:
@@ -293,18 +293,15 @@ class Scheduler:
                         fut.set_result(fn())
                     except BaseException as exc:  # handed to the awaiting coroutine
                         fut.set_exception(exc)
-            elif work is not None:
-                try:
-                    work()
-                except Exception:  # a bug in the step logic must not take the worker down
-                    log.exception("engine worker step failed")
-                    self.on_fault("worker")
+            elif job is not None:
+                self._step(job)
             elif self._stopping:
                 break
         for fn_fut in self._calls:
             fn_fut[1].cancel()
 
-    def _close_job(self, job: _Job) -> None:
+    @staticmethod
+    def _close_job(job: _Job) -> None:
         if job.gen is not None and hasattr(job.gen, "close"):
             try:
                 job.gen.close()  # engines release per-request state in a finally
@@ -318,7 +315,9 @@ class Scheduler:
         if job.gen is None:
             with self._cond:  # nothing of this session is playing: its listener waits for this
                 fast_start = job.channel.clock_start is None
-            job.encoder = make_encoder(req.format, req.sample_rate, self.audio, self.engine.sample_rate)
+            job.encoder = make_encoder(
+                req.format, req.sample_rate, self.audio, self.engine.sample_rate, bitrate=req.bitrate
+            )
             job.shaper = SegmentShaper(
                 self.engine.sample_rate, self.audio.fade_in_ms, self.audio.fade_out_ms, self.audio.pause_ms
             )
@@ -347,14 +346,9 @@ class Scheduler:
         except Exception:
             log.exception("session %s segment %d: synthesis failed", job.channel.session_id,
                           job.request.index)
-            self.on_fault("exception")
+            self.on_fault("exception")  # contained: the segment fails, the session goes on
             failure = ("engine_fault", "the engine failed on this segment; it was skipped")
-        self._settle(job, packets, finished, failure, time.perf_counter() - t0)
-
-    def _settle(
-        self, job: _Job, packets: list[bytes], finished: bool, failure: tuple[str, str] | None, elapsed: float
-    ) -> None:
-        """Account one advance of ``job`` (its packets, ``elapsed`` worker seconds) and post events."""
+        elapsed = time.perf_counter() - t0
         frame_ms = float(self.audio.frame_ms)
         audio_s = sum(packet_seconds(job.request, p, frame_ms) for p in packets)
         events: list[WorkerEvent] = []
@@ -371,7 +365,7 @@ class Scheduler:
                 ch.clock_start = time.monotonic()
             ch.produced_s += audio_s
             if failure is not None or finished:
-                ch.jobs.remove(job)  # the head, except for a batch item sampled ahead that failed
+                ch.jobs.popleft()
                 self._n_jobs -= 1
         if packets and failure is None:
             events.append(SegmentAudio(job.request, tuple(packets), audio_s))

@@ -71,6 +71,7 @@ class EngineInfo:
     sample_rate: int
     default_voice: str
     voice_names: Callable[[], Collection[str]]
+    replica: str = ""  # which server replica runs the session ("" = a single server)
 
 
 class SessionMetrics(Protocol):
@@ -119,7 +120,7 @@ class Session:
         self.utterance = Utterance(0)
         self.chunker = SentenceChunker(config.chunker)
         self.voice = engine.default_voice
-        self.format = config.server.default_format
+        self.format: str = config.server.default_format
         self.sample_rate = self._default_rate(self.format)
         self.options = SynthOptions()
         self.text_chars = 0
@@ -264,6 +265,7 @@ class Session:
             format=fmt,
             sample_rate=rate,
             frame_ms=self.config.audio.frame_ms,
+            replica=self.engine.replica,
         )
         return [Send(OutItem(None, ready))]
 
@@ -303,8 +305,12 @@ class Session:
     # ------------------------------------------------------------------ helpers
 
     def _default_rate(self, fmt: str) -> int:
-        # the engine's own rate when the format carries it (no resampling), else 24 kHz
-        return self.engine.sample_rate if self.engine.sample_rate in SAMPLE_RATES[fmt] else 24000
+        # the engine's own rate when the format carries it (no resampling), else 24 kHz, else the
+        # format's only rate (G.711: 8 kHz)
+        rates = SAMPLE_RATES[fmt]
+        if self.engine.sample_rate in rates:
+            return self.engine.sample_rate
+        return 24000 if 24000 in rates else rates[0]
 
     def _add_segments(self, segments: list[Segment], now: float) -> list[Action]:
         utt = self.utterance

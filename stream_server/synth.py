@@ -2,6 +2,7 @@
 
 Same chunker, engine and audio post (segment fades and pauses) as a streaming session, without
 sockets or encoding: the WAV holds the float32 audio as PCM16 at the engine's sample rate.
+``--batch lines.jsonl`` renders many lines through one running batch (`stream_server.synth_batch`).
 """
 
 from __future__ import annotations
@@ -54,10 +55,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", help="text to speak")
     p.add_argument("--text-file", help="UTF-8 file with the text to speak")
     p.add_argument("--voice", help="voice name (default: the engine's default voice)")
-    p.add_argument("--out", required=True, help="output WAV file (PCM16, engine sample rate)")
+    p.add_argument("--out", help="output WAV file (PCM16, engine sample rate)")
     p.add_argument("--seed", type=int, help="initial-noise seed (F5) for reproducible output")
     p.add_argument("--speed", type=float, default=1.0, help="0.5..2.0, >1 is faster")
     p.add_argument("--mel-out", help="write the generated mel (F5 only) as .npy, shape (T, 100)")
+    p.add_argument("--batch", help='JSON lines file, one {"id", "text", "voice"?, "seed"?, "speed"?} '
+                   "per line: writes OUT_DIR/ID.wav and ID.npy (instead of --text/--out)")
+    p.add_argument("--out-dir", help="--batch: folder for ID.wav (and ID.npy)")
+    p.add_argument("--mel-out-dir", help="--batch: folder for the ID.npy mels (default: --out-dir)")
+    p.add_argument("--stagger-steps", type=int, default=0, metavar="K",
+                   help="--batch: one more line joins every K sampler steps (0 = all at once)")
     p.add_argument("--config", help="TOML config file")
     add_config_flags(p)
 
@@ -77,11 +84,32 @@ def _read_text(args: argparse.Namespace) -> str:
     return text
 
 
+def _check_batch_args(args: argparse.Namespace) -> None:
+    if args.text or args.text_file or args.out or args.mel_out:
+        raise ConfigError("--batch takes --out-dir (and --mel-out-dir), not --text/--text-file/"
+                          "--out/--mel-out")
+    if not args.out_dir:
+        raise ConfigError("--batch needs --out-dir")
+    if args.stagger_steps < 0:
+        raise ConfigError("--stagger-steps must be >= 0")
+
+
 def run(args: argparse.Namespace) -> int:
     import soundfile as sf
 
     from engine.factory import create_engine
 
+    if args.batch:
+        from stream_server.synth_batch import run_batch
+
+        _check_batch_args(args)
+        config = load_config(args.config, overrides_from_args(args))
+        engine, _ = create_engine(config.engine)
+        return run_batch(args, engine, config)
+    if not args.out:
+        raise ConfigError("give --out (or --batch with --out-dir)")
+    if args.out_dir or args.mel_out_dir or args.stagger_steps:
+        raise ConfigError("--out-dir, --mel-out-dir and --stagger-steps go with --batch")
     text = _read_text(args)
     config = load_config(args.config, overrides_from_args(args))
     engine, reason = create_engine(config.engine)

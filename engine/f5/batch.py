@@ -167,6 +167,7 @@ class BatchSampler:
             self.velocity = torch.compile(self._velocity, **options)
         self.runner: StepRunner | None = None
         self.device = model.proj_out.weight.device
+        self._rows_cache: tuple[Any, list[FlowItem], tuple[Tensor, Tensor, Tensor | None]] | None = None
 
     @property
     def static_shapes(self) -> bool:
@@ -174,7 +175,7 @@ class BatchSampler:
 
     # ------------------------------------------------------------------ items
     @torch.inference_mode()
-    def open(
+    def new_item(
         self,
         cond_mel: Tensor,
         text_ids: Tensor,
@@ -254,6 +255,37 @@ class BatchSampler:
         rb, fb = bucket_for(self.row_buckets, b), bucket_for(self.frame_buckets, n)
         return (rb or b), (fb or n)
 
+    def _constant_rows(self, order: list[FlowItem], bp: int, npad: int, g: int, padded: bool
+                       ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Padded cond (bp, npad, 100), text rows and mask of ``order``: what does not change
+        from step to step; reused while the same items share steps at the same shape (the cache
+        holds the items, so their ids cannot be reused meanwhile)."""
+        key = (tuple(id(it) for it in order), bp, npad)
+        if self._rows_cache is not None and self._rows_cache[0] == key:
+            return self._rows_cache[2]
+        device, dtype = self.device, self.model.dtype
+        b = len(order)
+        cond = torch.zeros(bp, npad, N_MELS, device=device, dtype=dtype)
+        n_text = bp + (bp if self.static_shapes else g)
+        text = torch.zeros(n_text, npad, order[0].text_emb.shape[-1], device=device, dtype=dtype)
+        mask: Tensor | None = None
+        if padded or self.static_shapes:
+            mask = torch.ones(bp, npad, device=device, dtype=torch.bool)
+        for i, it in enumerate(order):
+            m = it.n_frames
+            cond[i, :m] = it.cond
+            text[i, :m] = it.text_emb[0]
+            if it.guided:
+                text[bp + i if self.static_shapes else b + i, :m] = it.text_emb[1]
+            if mask is not None:
+                mask[i, m:] = False
+        self._rows_cache = (key, list(order), (cond, text, mask))
+        return cond, text, mask
+
+    def forget(self) -> None:
+        """Drop the cached rows of the last batch (frees their memory)."""
+        self._rows_cache = None
+
     @torch.inference_mode()
     def step(self, items: Sequence[FlowItem]) -> None:
         """One backbone pass for ``items``: each advances one Euler step at its own t and dt."""
@@ -267,9 +299,9 @@ class BatchSampler:
         # guided items first: their uncond rows follow all conditional rows, in the same order
         order = sorted(items, key=lambda it: not it.guided)
         g = sum(it.guided for it in order)
-        b, n = len(order), max(it.n_frames for it in order)
+        b = len(order)
         bp, npad = self.batch_shape(order)
-        device, dtype = self.device, self.model.dtype
+        device = self.device
         padded = bp != b or any(it.n_frames != npad for it in order)
         mask: Tensor | None = None
         if not padded and b == 1:
@@ -279,20 +311,9 @@ class BatchSampler:
                 mask = torch.ones(1, npad, device=device, dtype=torch.bool)
         else:
             x = torch.zeros(bp, npad, N_MELS, device=device, dtype=torch.float32)
-            cond = torch.zeros(bp, npad, N_MELS, device=device, dtype=dtype)
-            n_text = bp + (bp if self.static_shapes else g)
-            text = torch.zeros(n_text, npad, order[0].text_emb.shape[-1], device=device, dtype=dtype)
-            if padded or self.static_shapes:
-                mask = torch.ones(bp, npad, device=device, dtype=torch.bool)
             for i, it in enumerate(order):
-                m = it.n_frames
-                x[i, :m] = it.x
-                cond[i, :m] = it.cond
-                text[i, :m] = it.text_emb[0]
-                if it.guided:
-                    text[bp + i if self.static_shapes else b + i, :m] = it.text_emb[1]
-                if mask is not None:
-                    mask[i, m:] = False
+                x[i, : it.n_frames] = it.x
+            cond, text, mask = self._constant_rows(order, bp, npad, g, padded)
         pad_rows = bp - b
         t = torch.tensor([it.times[it.step] for it in order] + [0.0] * pad_rows, dtype=torch.float32)
         cfg = torch.tensor([it.cfg_strength for it in order] + [0.0] * pad_rows, dtype=torch.float32)
@@ -305,8 +326,6 @@ class BatchSampler:
             v = self.velocity(x, cond, text, t, cfg, mask)
         new_x = x + dt[:, None, None] * v  # (bp, npad, 100) float32
         for i, it in enumerate(order):
-            it.x = new_x[i, : it.n_frames] if (padded or b > 1) else new_x[0]
+            # own storage when batched: the batch tensor is freed when the step ends
+            it.x = new_x[i, : it.n_frames].clone() if (padded or b > 1) else new_x[0]
             it.step += 1
-        if b > 1 or padded:
-            for it in order:  # own storage: the batch tensor is freed when the step ends
-                it.x = it.x.clone()

@@ -75,9 +75,14 @@ TINY_MODEL_ENV = "STREAM_TTS_F5_TINY"
 _TINY = F5ModelConfig(dim=128, depth=2, heads=4, dim_head=32, text_dim=64)
 
 
+def tiny_model_requested() -> bool:
+    """Whether the environment has ``STREAM_TTS_F5_TINY=1``."""
+    return os.environ.get(TINY_MODEL_ENV) == "1"
+
+
 def model_config_for(name: str) -> F5ModelConfig:
     """``F5ModelConfig.named(name)``, or the tiny smoke-check architecture when the environment
     has ``STREAM_TTS_F5_TINY=1``."""
-    if os.environ.get(TINY_MODEL_ENV) == "1":
+    if tiny_model_requested():
         return _TINY
     return F5ModelConfig.named(name)

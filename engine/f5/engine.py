@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,19 +42,20 @@ from engine.base import (
     VoiceInfo,
 )
 from engine.config import EngineConfig
-from engine.f5 import frontend as frontend_mod
+from engine.f5.batch import BatchSampler, row_buckets
 from engine.f5.config import (
     HOP_LENGTH,
     SAMPLE_RATE,
     TINY_MODEL_ENV,
     F5ModelConfig,
     model_config_for,
+    tiny_model_requested,
 )
 from engine.f5.frontend import TextFrontend, estimate_frames, fix_reference_text
+from engine.f5.graphs import configure_compile_cache
 from engine.f5.loader import build_model, load_f5_state_dict, load_vocab, load_vocos
 from engine.f5.mel import LogMelSpectrogram
 from engine.f5.reference_audio import prepare_reference_audio
-from engine.f5.batch import BatchSampler, reachable_shapes, row_buckets
 from engine.f5.sampler import EPSS_TABLES, SamplerSettings, min_total_frames
 from engine.f5.steps import F5Item, StepCostTable
 from engine.f5.vocoder import ChunkedVocoder, random_vocos
@@ -151,7 +150,7 @@ class F5Engine:
         self.device = resolve_device(cfg.device)
         on_cuda = self.device.startswith("cuda")
         self.dtype = _DTYPES[cfg.dtype] if on_cuda else torch.float32  # CPU always fp32
-        if model_config is None and os.environ.get(TINY_MODEL_ENV) == "1" and not cfg.random_weights:
+        if model_config is None and tiny_model_requested() and not cfg.random_weights:
             raise InvalidOptionError(f"{TINY_MODEL_ENV}=1 needs random weights (engine.random_weights)")
         self.model_config = model_config or model_config_for(cfg.model)
         if cfg.nfe not in SUPPORTED_NFE:
@@ -183,7 +182,7 @@ class F5Engine:
         self.buckets = duration_buckets() if static else []
         self.row_buckets = row_buckets(cfg.max_batch_rows) if static else []
         if self.compiled:
-            _configure_compile_cache(len(self.buckets) * len(self.row_buckets))
+            configure_compile_cache(len(self.buckets) * len(self.row_buckets))
         self.batch = BatchSampler(
             self.model,
             compile=self.compiled,
@@ -261,11 +260,14 @@ class F5Engine:
                 f"segment too long: {total} frames with the reference (max {MAX_TOTAL_FRAMES})"
             )
         text_ids = torch.tensor([ids], dtype=torch.long)
-        flow = self.batch.open(ref.mel, text_ids, total, settings.grid(), settings.cfg_strength,
+        t1 = time.perf_counter()
+        flow = self.batch.new_item(ref.mel, text_ids, total, settings.grid(), settings.cfg_strength,
                                seed=options.seed)
         gain = ref.voice.rms / TARGET_RMS if ref.voice.rms < TARGET_RMS else 1.0
+        # text encoder + noise count as backbone work (as before the batching API)
+        timings = {"frontend_s": t1 - t0, "prepare_s": time.perf_counter() - t1}
         return F5Item(phase="sampling", n_frames=total, ref_frames=ref.ref_frames, gain=gain,
-                      flow=flow, timings={"frontend_s": time.perf_counter() - t0})
+                      flow=flow, timings=timings)
 
     def sample_step(self, items: Sequence[BatchItem]) -> None:
         """One backbone pass for all ``items`` (phase "sampling"); finished ones move on to
@@ -304,6 +306,8 @@ class F5Engine:
     def close_item(self, item: BatchItem) -> None:
         """Forget ``item`` (idempotent): its device tensors are released."""
         if isinstance(item, F5Item):
+            if item.flow is not None:
+                self.batch.forget()  # the cached rows may hold it
             item.flow = None
             item.stream = None
             item.phase = "done"
@@ -350,7 +354,7 @@ class F5Engine:
         return ref
 
     def _own(self, items: Sequence[BatchItem], phase: str) -> list[F5Item]:
-        out = []
+        out: list[F5Item] = []
         for it in items:
             if not isinstance(it, F5Item):
                 raise TypeError(f"not an item of this engine: {it!r}")
@@ -365,7 +369,7 @@ class F5Engine:
             while item.phase == "sampling":
                 self.sample_step([item])
             self.last_mel = item.mel  # the device-to-host copy also ends the timing
-            backbone_s = time.perf_counter() - t0
+            backbone_s = time.perf_counter() - t0 + item.timings.get("prepare_s", 0.0)
             t1 = time.perf_counter()
             while item.phase == "vocoding":
                 chunk = self.vocode_step([item])[0]
@@ -399,22 +403,6 @@ def _builtin_vocab() -> dict[str, int]:
     """A stand-in vocab for random-weight benchmarks: space first, then printable ASCII."""
     tokens = [" "] + [chr(c) for c in range(33, 127)]
     return {tok: i for i, tok in enumerate(tokens)}
-
-
-def _configure_compile_cache(n_buckets: int) -> None:
-    """Keep compiled graphs on disk (fast restarts) and allow one graph per duration bucket."""
-    os.environ.setdefault(
-        "TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "stream-tts" / "inductor")
-    )
-    import torch._dynamo.config as dynamo_config
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    needed = n_buckets + 8  # + headroom for the CFG-off path and guard re-specialisations
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
-    dynamo_config.accumulated_recompile_limit = max(
-        dynamo_config.accumulated_recompile_limit, 4 * needed
-    )
 
 
 def _espeak_reference_voice(cfg: EngineConfig) -> PreparedVoice:

@@ -6,6 +6,9 @@ All graphs share one memory pool and are captured largest first (the small ones 
 as vLLM does. A graph's output is only valid until the next replay of any graph: the caller
 consumes it (the Euler update) right away.
 
+Build and capture under ``torch.inference_mode()`` (as the sampler's steps run), so a compiled
+velocity sees the same grad mode and tensor kinds at capture and in service.
+
 The captured function is the sampler's velocity (usually ``torch.compile``d with dynamic shapes, so
 one compilation serves every bucket and each graph is just a capture). CUDA only; the CPU tests
 cover the bucketing and padding logic through `engine.f5.batch.BatchSampler` with static shapes.
@@ -14,8 +17,10 @@ cover the bucketing and padding logic through `engine.f5.batch.BatchSampler` wit
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -127,3 +132,19 @@ class CudaGraphRunner:
             vmask.copy_(mask)
         graph.replay()
         return out
+
+
+def configure_compile_cache(n_shapes: int) -> None:
+    """Keep compiled kernels on disk (fast restarts) and allow a graph per step shape."""
+    os.environ.setdefault(
+        "TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "stream-tts" / "inductor")
+    )
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    needed = n_shapes + 8  # + headroom for the CFG-off path and guard re-specialisations
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
+    dynamo_config.accumulated_recompile_limit = max(
+        dynamo_config.accumulated_recompile_limit, 4 * needed
+    )

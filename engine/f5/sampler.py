@@ -138,7 +138,7 @@ class FlowSampler:
         replaced by ``cond_mel``; the caller slices the reference off.
         """
         s = settings or self.settings
-        item = self.batch.open(cond_mel, text_ids, n_frames, s.grid(), s.cfg_strength,
+        item = self.batch.new_item(cond_mel, text_ids, n_frames, s.grid(), s.cfg_strength,
                                noise=noise, seed=seed)
         while not item.finished:
             self.batch.step([item])

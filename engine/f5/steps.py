@@ -34,7 +34,7 @@ class F5Item:
     stream: VocodeStream | None = None
     mel: np.ndarray | None = None  # (T, 100) float32 generated mel, once sampled
     audio_samples: int = 0  # samples returned so far
-    timings: dict[str, float] = field(default_factory=dict)  # frontend_s, backbone_s, vocoder_s
+    timings: dict[str, float] = field(default_factory=dict)  # frontend_s, prepare_s (open_item)
 
     @property
     def steps_left(self) -> int:

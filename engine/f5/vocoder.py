@@ -129,7 +129,7 @@ class ChunkedVocoder:
     def _istft(self, spec: Tensor, keep: Tensor | None = None) -> Tensor:
         """Center-padded iSTFT without host syncs: spec (b, n_fft/2+1, n) complex ->
         (b, hop*(n-1)). ``keep`` (b, 1, n) 0/1 drops padded frames from the window envelope."""
-        b, n = spec.shape[0], spec.shape[-1]
+        n = spec.shape[-1]
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self._window[None, :, None]
         out_len = self.n_fft + self.hop * (n - 1)
         fold = dict(output_size=(1, out_len), kernel_size=(1, self.n_fft), stride=(1, self.hop))

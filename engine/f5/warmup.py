@@ -25,14 +25,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_EAGER_POINTS = ((1, 96), (1, 192), (2, 192))  # (items, frames) timed on CPU / uncompiled
+# (items, frames) timed on CPU / uncompiled, after one untimed (1, 96) step; small, because a
+# full-size step on a CPU takes seconds (the fit extrapolates by items x frames)
+_EAGER_POINTS = ((1, 48), (1, 96))
 
 
 def _dummy_items(engine: F5Engine, rows: int, frames: int) -> list[FlowItem]:
     cond = torch.zeros(1, min(32, frames - 1), N_MELS)
     ids = torch.zeros(1, 8, dtype=torch.long)
     grid = time_grid(32)  # many steps: one item serves every timed step
-    return [engine.batch.open(cond, ids, frames, grid, 2.0, seed=i) for i in range(rows)]
+    return [engine.batch.new_item(cond, ids, frames, grid, 2.0, seed=i) for i in range(rows)]
 
 
 def _time_sample_step(engine: F5Engine, rows: int, frames: int, repeats: int = 1) -> float:
@@ -68,7 +70,7 @@ def run_warmup(engine: F5Engine) -> float:
     if engine.compiled and engine.buckets:
         _capture_graphs(engine)
     else:
-        _time_sample_step(engine, 1, _EAGER_POINTS[0][1])  # first call: lazy initialisation
+        _time_sample_step(engine, 1, 96)  # first call: lazy initialisation
         for rows, frames in _EAGER_POINTS:
             if rows <= engine.max_batch_rows:
                 engine.costs.record("sample", rows, frames, _time_sample_step(engine, rows, frames))
@@ -95,14 +97,15 @@ def _capture_graphs(engine: F5Engine) -> None:
     _time_sample_step(engine, r0, f0)
     _time_sample_step(engine, min(2, engine.max_batch_rows), engine.buckets[0])
     log.info("f5 warm-up: compiled in %.1f s", time.perf_counter() - tc)
-    runner = CudaGraphRunner(
-        engine.batch.velocity, shapes, text_dim=engine.model_config.text_dim,
-        dtype=engine.model.dtype, device=torch.device(engine.device),
-    )
 
     def record(_: int, rows: int, frames: int, seconds: float) -> None:
         engine.costs.record("sample", rows, frames, seconds)
 
-    runner.capture_all(record)
+    with torch.inference_mode():  # as the sampler steps run: the compiled guards stay valid
+        runner = CudaGraphRunner(
+            engine.batch.velocity, shapes, text_dim=engine.model_config.text_dim,
+            dtype=engine.model.dtype, device=torch.device(engine.device),
+        )
+        runner.capture_all(record)
     engine.batch.runner = runner
     engine.graph_bytes = runner.graph_bytes

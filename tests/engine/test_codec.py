@@ -213,7 +213,7 @@ def test_make_encoder_and_protocol() -> None:
     assert (opus.format, opus.out_rate) == ("opus", 24000)
     assert (pcm.format, pcm.out_rate) == ("pcm_s16le", 16000)
     with pytest.raises(UnsupportedAudioFormatError, match="format") as fmt_err:
-        make_encoder("mp3", 24000, audio)
+        make_encoder("aac", 24000, audio)
     assert isinstance(fmt_err.value, InvalidOptionError)
     assert fmt_err.value.code == "unsupported_format"
     with pytest.raises(UnsupportedSampleRateError, match="22050") as rate_err:

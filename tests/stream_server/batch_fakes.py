@@ -66,6 +66,7 @@ class FakeBatchEngine:
         self.oom_texts = set(oom_texts)
         self.steps: list[tuple[str, tuple[str, ...]]] = []  # successful steps: kind, item texts
         self.opened: list[FakeItem] = []
+        self.trace: list[str] = []  # "open TEXT", "sample N", "vocode N" in call order
         self.closed: list[str] = []
 
     # ------------------------------------------------------------------ Engine
@@ -98,6 +99,7 @@ class FakeBatchEngine:
         if n == 0:
             item.phase, item.steps_left = "done", 0
         self.opened.append(item)
+        self.trace.append(f"open {text}")
         return item
 
     def _check(self, kind: str, items: Sequence[FakeItem]) -> None:
@@ -117,6 +119,7 @@ class FakeBatchEngine:
             if i.steps_left == 0:
                 i.phase = "vocoding"
         self.steps.append(("sample", tuple(i.text for i in items)))
+        self.trace.append(f"sample {len(items)}")
 
     def vocode_step(self, items: Sequence[FakeItem]) -> list[np.ndarray]:
         assert items and all(i.phase == "vocoding" and not i.closed for i in items)
@@ -132,6 +135,7 @@ class FakeBatchEngine:
             if i.pos >= i.audio.size:
                 i.phase = "done"
         self.steps.append(("vocode", tuple(i.text for i in items)))
+        self.trace.append(f"vocode {len(items)}")
         return out
 
     def close_item(self, item: FakeItem) -> None:

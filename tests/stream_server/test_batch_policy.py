@@ -8,6 +8,7 @@ from stream_server.batch_policy import (
     BatchLimits,
     BatchPolicy,
     Candidate,
+    OomBackoff,
     choose_step,
     is_urgent,
     linear_cost,
@@ -145,3 +146,21 @@ def test_bad_limits_and_policies_are_rejected() -> None:
         BatchLimits(0, 100)
     with pytest.raises(ValueError):
         BatchPolicy(max_marginal_ratio=-1)
+
+
+def test_oom_backoff_halves_the_limits_and_grows_them_back_after_clean_steps() -> None:
+    backoff = OomBackoff(max_rows=8, max_frames=100_000, recovery_steps=3)
+    assert backoff.limits() == BatchLimits(8, 100_000)
+    assert backoff.out_of_memory(8, 8 * 400) == BatchLimits(4, 1600)  # the failed step, halved
+    assert backoff.out_of_memory(4, 4 * 300) == BatchLimits(2, 600)  # again, below the caps
+    backoff.clean_step()
+    backoff.clean_step()
+    assert backoff.limits() == BatchLimits(2, 600)  # not yet
+    backoff.clean_step()
+    assert backoff.limits() == BatchLimits(4, 1200)
+    for _ in range(3):
+        backoff.clean_step()
+    assert backoff.limits() == BatchLimits(8, 2400)  # rows back; padded frames keep growing
+    for _ in range(3 * 6):
+        backoff.clean_step()
+    assert backoff.limits() == BatchLimits(8, 100_000) and backoff.rows is None  # backoff over

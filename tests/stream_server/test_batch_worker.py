@@ -59,7 +59,7 @@ async def test_make_scheduler_picks_the_batch_worker_only_for_batching_engines()
 
 async def test_sessions_are_batched_on_a_gpu_like_device_and_audio_equals_solo() -> None:
     texts = [["first session speaks.", "then more."], ["second one here, a bit longer."]]
-    engine = FakeBatchEngine(cost=gpu_like_cost)
+    engine = FakeBatchEngine(cost=gpu_like_cost, step_delay_s=0.005)  # the second joins in time
     sinks, faults = await run_sessions(engine, texts)
     assert max(len(t) for k, t in engine.steps if k == "sample") == 2
     assert any(k == "vocode" and len(t) == 2 for k, t in engine.steps)
@@ -146,7 +146,7 @@ async def test_an_engine_exception_fails_only_its_segment() -> None:
 
 
 async def test_out_of_memory_retries_smaller_batches_and_everyone_finishes() -> None:
-    engine = FakeBatchEngine(cost=gpu_like_cost, oom_over_rows=2)
+    engine = FakeBatchEngine(cost=gpu_like_cost, oom_over_rows=2, step_delay_s=0.005)
     texts = [[f"session {k} speaks."] for k in range(6)]
     sinks, faults = await run_sessions(engine, texts)
     for sink in sinks:
@@ -211,3 +211,21 @@ async def test_a_new_listener_goes_before_a_session_playing_ahead() -> None:
     # from B's arrival to its first audio, nothing of A ran (A's buffer covered it)
     assert all(t == ("new listener.",) for _, t in steps[b_first : b_audio + 1])
     assert b_audio - b_first == engine.nfe  # its sampler steps, then its first chunk
+
+
+
+async def test_only_segments_that_can_join_the_next_step_are_opened_before_it() -> None:
+    engine = FakeBatchEngine(cost=gpu_like_cost)
+    sched = BatchScheduler(engine, AUDIO, max_jobs=64, max_ahead_s=100.0, max_rows=2)
+    sinks = []
+    for k in range(5):  # five listeners arrive together, before the worker starts
+        sink = Sink()
+        ch = sched.open_channel(f"s{k}", sink)
+        sched.submit(ch, request(f"listener {k}.", 0, fmt="pcm_s16le"), arrival_s=float(k))
+        sinks.append(sink)
+    sched.start(asyncio.get_running_loop())
+    for sink in sinks:
+        await sink.wait_for(lambda ev: finished(ev) == [0])
+    await asyncio.to_thread(sched.stop)
+    assert engine.trace[:3] == ["open listener 0.", "open listener 1.", "sample 2"]
+    assert all(int(t.split()[1]) <= 2 for t in engine.trace if not t.startswith("open"))

@@ -23,8 +23,8 @@ def expected_audio_s(segments: list[str]) -> float:
 
 
 def test_levels_batched_and_unbatched_make_the_same_audio(capsys: pytest.CaptureFixture[str]) -> None:
-    engine = FakeBatchEngine(cost=gpu_like_cost)
-    levels = run_levels(engine, [1, 3], SEGMENTS, "low", SynthOptions(), stagger_s=0.01, compare_unbatched=True)
+    engine = FakeBatchEngine(cost=gpu_like_cost, step_delay_s=0.005)  # later arrivals join in time
+    levels = run_levels(engine, [1, 3], SEGMENTS, "low", SynthOptions(), stagger_s=0.001, compare_unbatched=True)
     assert [(lv["streams"], lv["mode"]) for lv in levels] == [
         (1, "batched"), (1, "unbatched"), (3, "batched"), (3, "unbatched")]
     for lv in levels:

@@ -117,6 +117,7 @@ def test_sample_rate_without_format_is_checked_against_the_default_format() -> N
 def test_sample_rates_match_what_the_codecs_support() -> None:
     assert SAMPLE_RATES["opus"] == codec.OPUS_RATES
     assert SAMPLE_RATES["pcm_s16le"] == codec.PCM_RATES
+    assert SAMPLE_RATES["ulaw"] == SAMPLE_RATES["alaw"] == (8000,)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +126,7 @@ def test_sample_rates_match_what_the_codecs_support() -> None:
         (
             Ready(PROTOCOL_VERSION, "s1", "espeak", "cpu", "en-us", "opus", 24000, 20),
             {"type": "ready", "protocol_version": 1, "session_id": "s1", "engine": "espeak", "device": "cpu",
-             "voice": "en-us", "format": "opus", "sample_rate": 24000, "frame_ms": 20, "channels": 1},
+             "voice": "en-us", "format": "opus", "sample_rate": 24000, "frame_ms": 20, "channels": 1, "replica": ""},
         ),
         (SegmentStarted(0, "Hi."), {"type": "segment", "index": 0, "text": "Hi."}),
         (SegmentDone(2, 1500.0, 12.345678, 0.00823045),

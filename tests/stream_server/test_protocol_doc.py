@@ -9,7 +9,7 @@ import wave
 from pathlib import Path
 
 from stream_server.errors import ERROR_TABLE
-from stream_server.protocol import PROTOCOL_VERSION
+from stream_server.protocol import PROTOCOL_VERSION, SAMPLE_RATES
 from tests.server_fixtures import SineBurstEngine, make_config, running_server, ws_url
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
@@ -21,6 +21,13 @@ def test_every_error_code_is_in_the_table_with_its_close_code() -> None:
         close = str(kind.close_code) if kind.close_code else "—"
         assert re.search(rf"^\| `{kind.code}` \| {close} \|", text, re.M), kind.code
     assert f"version {PROTOCOL_VERSION}" in text
+
+
+def test_every_format_and_its_rates_are_documented() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    for fmt, rates in SAMPLE_RATES.items():
+        assert f'`"{fmt}"`' in text, fmt
+        assert re.search(rf"{fmt}(, \w+)*: {', '.join(map(str, rates))}", text), fmt
 
 
 def test_the_python_client_example_streams_and_writes_a_wav(tmp_path: Path) -> None:

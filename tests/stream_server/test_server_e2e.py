@@ -183,7 +183,8 @@ async def test_http_routes(server: tuple[str, Any, SineBurstEngine]) -> None:
         {"name": "low", "language": "xx", "description": "220 Hz"},
         {"name": "high", "language": "xx", "description": "880 Hz"}]}
     assert info["protocol_version"] == 1 and info["options"] == ["speed"]
-    assert info["sample_rates"]["pcm_s16le"] == [8000, 16000, 22050, 24000, 44100, 48000]
+    assert info["sample_rates"]["pcm_s16le"] == [8000, 16000, 22050, 24000, 32000, 44100, 48000]
+    assert info["sample_rates"]["ulaw"] == info["sample_rates"]["alaw"] == [8000]
     assert "stream_tts_ttfa_seconds_count" in metrics and "stream_tts_segment_rtf_bucket" in metrics
     count = next(line for line in metrics.splitlines() if line.startswith("stream_tts_ttfa_seconds_count"))
     assert float(count.split()[-1]) >= 1

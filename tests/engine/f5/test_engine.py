@@ -275,7 +275,8 @@ def test_cuda_compiled_engine_does_not_recompile_after_warmup(
     from torch._dynamo.utils import counters
 
     weights, voices = files
-    cfg = EngineConfig(engine="f5", device="cuda:0", dtype="fp16", compile=True, voices_dir=str(voices))
+    cfg = EngineConfig(engine="f5", device="cuda:0", dtype="fp16", compile=True, voices_dir=str(voices),
+                       max_batch_rows=2)
     eng = F5Engine(cfg, model_config=small_config(text_num_embeds=2545), weights=weights)
     assert eng.compiled and eng.model.dtype == torch.float16
     # the short test texts fit in the smallest buckets
@@ -285,6 +286,10 @@ def test_cuda_compiled_engine_does_not_recompile_after_warmup(
     for seed in (0, 1):
         chunks = list(eng.synthesize(TEXT, "alice", SynthOptions(seed=seed)))
         assert sum(c.size for c in chunks) > 0 and np.isfinite(np.concatenate(chunks)).all()
+    a, b = (eng.open_item(TEXT, "alice", SynthOptions(seed=s)) for s in (2, 3))
+    while a.phase == "sampling":
+        eng.sample_step([a, b])  # batched: the (2 items, bucket) graph
     assert counters["stats"]["unique_graphs"] == 0  # every shape was compiled during warm-up
     assert eng.batch.runner is not None and eng.graph_bytes >= 0
-    assert eng.last_stats is not None and eng.last_stats.total_frames not in eng.buckets
+    assert eng.step_cost_s(2, 200, "sample") > 0
+    assert eng.last_stats is not None and eng.last_stats.total_frames == a.n_frames

@@ -91,3 +91,47 @@ def test_compiled_sampler_does_not_recompile_after_warmup(reference) -> None:
             rel = ((got - want).abs().mean() / want.abs().mean()).item()
             assert rel <= 5e-3, rel
     assert counter.frame_count == warm_frames
+
+
+def test_batched_steps_replay_cuda_graphs_without_recompiling(reference) -> None:
+    """Compile once (dynamic shapes), capture one CUDA graph per (items, frames) bucket, then run
+    batched steps with joins and leaves: no recompilation, each item close to its eager solo."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from engine.f5.batch import BatchSampler, reachable_shapes
+    from engine.f5.graphs import CudaGraphRunner
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    model = build_model(_config(), reference.state_dict(), device=CUDA, dtype=torch.float16)
+    frames, rows = [128, 256], [1, 2, 4]
+    batch = BatchSampler(model, compile=True, compile_options={"backend": counter, "dynamic": True},
+                         frame_buckets=frames, row_buckets=rows)
+    shapes = reachable_shapes(rows, frames, max_batch_frames=1024)
+    costs: list[float] = []
+    with torch.inference_mode():  # the mode the sampler steps run in (no guard change later)
+        runner = CudaGraphRunner(batch.velocity, shapes, text_dim=_config().text_dim,
+                                 dtype=torch.float16, device=torch.device(CUDA))
+        runner.capture_all(lambda i, r, f, s: costs.append(s))
+    assert len(costs) == len(shapes) and all(c > 0 for c in costs)
+    assert runner.graph_bytes >= 0
+    batch.runner = runner
+    warm_frames = counter.frame_count
+    assert 1 <= warm_frames <= 3  # one dynamic graph (+ the size-1 specialisation)
+    eager = FlowSampler(model)
+    cond, text = _prompt()
+    specs = [(200, 1, SamplerSettings()), (150, 2, SamplerSettings(nfe=16, cfg_strength=1.0)),
+             (90, 3, SamplerSettings(nfe=5, sway=None)), (230, 4, SamplerSettings(cfg_strength=0.0))]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        items = []
+        for n, seed, s in specs:  # one joins per step
+            items.append(batch.new_item(cond, text, n, s.grid(), s.cfg_strength, seed=seed))
+            batch.step([it for it in items if not it.finished])
+        while any(not it.finished for it in items):
+            batch.step([it for it in items if not it.finished])
+    assert counter.frame_count == warm_frames
+    for it, (n, seed, s) in zip(items, specs, strict=True):
+        want = eager.sample(cond, text, n, seed=seed, settings=s)
+        got = it.result()
+        rel = ((got - want).abs().mean() / want.abs().mean()).item()
+        assert rel <= 5e-3, rel

@@ -75,3 +75,43 @@ def test_too_little_context_is_rejected(vocos: torch.nn.Module) -> None:
 def test_bad_mel_shape_is_rejected(vocos: torch.nn.Module) -> None:
     with pytest.raises(ValueError, match="shape"):
         list(ChunkedVocoder(vocos).decode_chunks(torch.zeros(100, 20)))
+
+
+def test_batched_steps_equal_each_solo_decode(vocos: torch.nn.Module) -> None:
+    # streams of different lengths (one lone chunk, edges, full chunks) join at different steps
+    voc = ChunkedVocoder(vocos, first_chunk_frames=8, chunk_frames=20, crossfade_samples=120)
+    mels = [_mel(n, seed=n) for n in (150, 9, 61, 97)]
+    solo = [np.concatenate(list(voc.decode_chunks(m))) for m in mels]
+    streams = {0: voc.open_stream(mels[0])}
+    out: dict[int, list[np.ndarray]] = {0: []}
+    joins = {1: 1, 2: 1, 3: 3}  # stream -> step at which it joins
+    step = 0
+    while streams or len(out) < len(mels):
+        for k, at in joins.items():
+            if at == step:
+                streams[k] = voc.open_stream(mels[k])
+                out[k] = []
+        active = list(streams)
+        chunks = voc.decode_step([streams[k] for k in active])
+        assert len(chunks) == len(active)
+        for k, c in zip(active, chunks, strict=True):
+            assert c.dtype == np.float32 and c.ndim == 1
+            out[k].append(c)
+            if streams[k].finished:
+                del streams[k]
+        step += 1
+    for k, want in enumerate(solo):
+        got = np.concatenate(out[k])
+        assert got.shape == want.shape == (256 * (mels[k].shape[1] - 1),)
+        assert np.abs(got - want).max() <= 1e-4, k
+
+
+def test_decode_step_rejects_finished_and_duplicate_streams(vocos: torch.nn.Module) -> None:
+    voc = ChunkedVocoder(vocos)
+    st = voc.open_stream(_mel(20, seed=1))
+    with pytest.raises(ValueError, match="twice"):
+        voc.decode_step([st, st])
+    voc.decode_step([st])
+    assert st.finished
+    with pytest.raises(ValueError, match="no chunks"):
+        voc.decode_step([st])

@@ -1,0 +1,471 @@
+"""Scale-out on Ray Serve: the same FastAPI app behind Ray's proxy, one engine per replica.
+
+Optional extra (``pip install 'stream-tts[ray]'``); nothing else imports this module, and Ray is
+imported only inside its functions, so the single-machine server never needs Ray.
+
+    stream-tts serve-ray --replicas 2                      # local Ray; proxy on --host/--port
+    stream-tts serve-ray --autoscale 1:4 --target-sessions 16
+    serve deploy docs/ray-serve.yaml                        # a running cluster (see docs/SCALING.md)
+
+Each replica builds the app with `stream_server.app.create_app` (engine, worker thread, warm-up:
+exactly what ``serve`` runs) and only takes traffic once its warm-up is done (the app's lifespan
+waits for it, and Ray routes to a replica only after its start-up). A WebSocket session is one
+ongoing request to one replica for its whole life, so ``max_ongoing_requests`` is the replica's
+session limit and autoscaling targets ongoing sessions.
+
+State shared across replicas:
+- the overlay queue lives in one named, detached actor (`OverlayActor`) that every replica's
+  overlay routes talk to, so ``POST /v1/overlay/say`` on any replica reaches the overlay pages
+  connected to any replica, in order;
+- voices are files in ``engine.voices_dir``: give every replica the same folder (one machine: the
+  same path; a cluster: a shared volume). The F5 voice store re-reads the folder when it changes,
+  so an upload through one replica is used by the others. Files, not the object store, because
+  voices must outlive the cluster and are read on every session start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from engine.base import Engine
+from engine.config import EngineConfig
+from stream_server.config import AppConfig, add_config_flags, load_config, overrides_from_args
+from stream_server.errors import ConfigError
+from stream_server.overlay import LocalOverlay, OverlayError, OverlayItem, OverlayQueue
+
+log = logging.getLogger("stream_server")
+
+NAMESPACE = "stream-tts"
+APP_NAME = "stream-tts"
+DEPLOYMENT_NAME = "StreamTTS"
+OVERLAY_ACTOR = "stream-tts-overlay"
+DIRECTORY_ACTOR = "stream-tts-replicas"
+_REPLICA_TTL_S = 30.0  # a replica missing this many seconds of health checks leaves the directory
+_POLL_S = 5.0  # overlay pages long-poll the actor this long
+_LISTENER_TTL_S = 3 * _POLL_S  # a page whose replica stopped polling is forgotten after this
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How the app is deployed on Ray Serve (the server settings come from `AppConfig`)."""
+
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas; None = fixed ``replicas``
+    target_sessions: int = 16  # autoscaling target: ongoing sessions per replica
+    num_gpus: float = 0.0  # per replica (1 for F5 on a GPU)
+    num_cpus: float = 1.0  # per replica
+    graceful_shutdown_s: float = 30.0  # a replica leaving finishes its turns for this long
+    engine_factory: str = ""  # "module:function" (EngineConfig) -> (engine, reason); "" = default
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ConfigError("--replicas must be at least 1")
+        if self.autoscale is not None:
+            lo, hi = self.autoscale
+            if not 0 <= lo <= hi or hi < 1:
+                raise ConfigError("--autoscale MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1")
+        if self.target_sessions < 1:
+            raise ConfigError("--target-sessions must be at least 1")
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ConfigError("--num-gpus and --num-cpus must be >= 0")
+        if self.engine_factory and ":" not in self.engine_factory:
+            raise ConfigError("engine_factory must look like 'module:function'")
+
+
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """"MIN:MAX" -> (min, max)."""
+    try:
+        lo, hi = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--autoscale must look like MIN:MAX (e.g. 1:4), got {text!r}") from None
+    return lo, hi
+
+
+# ---------------------------------------------------------------------------------------- overlay
+class OverlayActorImpl:
+    """The overlay queue shared by every replica (run as a named Ray actor, async methods).
+
+    Pages connect to replicas; each replica long-polls this actor for its pages' events. A page
+    whose replica stops polling (the replica died) is forgotten after ``_LISTENER_TTL_S``.
+    """
+
+    def __init__(self, max_pending: int, max_chars: int) -> None:
+        self.overlay = LocalOverlay(OverlayQueue(max_pending, max_chars))
+        self._last_poll: dict[str, float] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(_POLL_S)
+            cutoff = self._now() - _LISTENER_TTL_S
+            for listener, seen in list(self._last_poll.items()):
+                if seen < cutoff:
+                    self._last_poll.pop(listener, None)
+                    await self.overlay.disconnect(listener)
+
+    async def call(self, method: str, *args: Any) -> tuple[str, Any]:
+        """Run a queue method; returns ("ok", result) or ("error", (status, code, message))."""
+        if method not in ("say", "skip", "clear", "snapshot", "played"):
+            raise ValueError(f"unknown overlay method {method!r}")
+        try:
+            result = await getattr(self.overlay, method)(*args)
+        except OverlayError as exc:
+            return "error", (exc.status, exc.code, exc.message)
+        if method == "say":
+            item, position = result
+            return "ok", ((item.id, item.text, item.voice, item.author), position)
+        return "ok", result
+
+    async def connect(self) -> str:
+        self._ensure_reaper()
+        listener = await self.overlay.connect()
+        self._last_poll[listener] = self._now()
+        return listener
+
+    async def poll(self, listener: str, timeout_s: float) -> list[dict[str, str]]:
+        """Events for the page, waiting up to ``timeout_s`` for the first one."""
+        self._last_poll[listener] = self._now()
+        events = self.overlay.pending_events(listener)
+        if events:
+            return events
+        with contextlib.suppress(asyncio.TimeoutError):
+            first = await asyncio.wait_for(self.overlay.next_event(listener), timeout_s)
+            events = [first, *self.overlay.pending_events(listener)]
+        if listener in self._last_poll:
+            self._last_poll[listener] = self._now()
+        return events
+
+    async def disconnect(self, listener: str) -> None:
+        self._last_poll.pop(listener, None)
+        await self.overlay.disconnect(listener)
+
+
+class RayOverlay:
+    """`OverlayBackend` that forwards to the named overlay actor (used inside replicas)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self._events: dict[str, deque[dict[str, str]]] = {}
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        status, value = await self.actor.call.remote(method, *args)
+        if status == "error":
+            raise OverlayError(*value)
+        return value
+
+    async def say(self, text: str, voice: str, author: str) -> tuple[OverlayItem, int]:
+        fields, position = await self._call("say", text, voice, author)
+        return OverlayItem(*fields), position
+
+    async def skip(self) -> str | None:
+        return await self._call("skip")
+
+    async def clear(self) -> tuple[int, str | None]:
+        removed, skipped = await self._call("clear")
+        return removed, skipped
+
+    async def snapshot(self) -> dict[str, Any]:
+        return await self._call("snapshot")
+
+    async def connect(self) -> str:
+        listener: str = await self.actor.connect.remote()
+        self._events[listener] = deque()
+        return listener
+
+    async def next_event(self, listener: str) -> dict[str, str]:
+        events = self._events.setdefault(listener, deque())
+        while not events:
+            events.extend(await self.actor.poll.remote(listener, _POLL_S))
+        return events.popleft()
+
+    async def played(self, item_id: str) -> None:
+        await self._call("played", item_id)
+
+    async def disconnect(self, listener: str) -> None:
+        self._events.pop(listener, None)
+        with contextlib.suppress(Exception):  # the actor may be gone at shutdown
+            await self.actor.disconnect.remote(listener)
+
+
+def overlay_actor(config: AppConfig) -> Any:
+    """The named overlay actor, created on first use."""
+    s = config.server
+    return _named_actor(OverlayActorImpl, OVERLAY_ACTOR, s.overlay_queue_size, s.overlay_max_chars)
+
+
+# ---------------------------------------------------------------------------------------- directory
+class ReplicaDirectoryImpl:
+    """Which replicas are up and where their metrics are (a named actor; entries are refreshed by
+    each replica's health check, so a dead replica drops out after ``_REPLICA_TTL_S``)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[dict[str, str], float]] = {}
+
+    def heartbeat(self, replica: str, info: dict[str, str]) -> None:
+        self._entries[replica] = (info, time.monotonic())
+
+    def remove(self, replica: str) -> None:
+        self._entries.pop(replica, None)
+
+    def replicas(self) -> list[dict[str, str]]:
+        cutoff = time.monotonic() - _REPLICA_TTL_S
+        self._entries = {k: v for k, v in self._entries.items() if v[1] >= cutoff}
+        return [{"replica": k, **info} for k, (info, _) in sorted(self._entries.items())]
+
+
+def _named_actor(cls: type, name: str, *args: Any) -> Any:
+    """Get or create a named, detached helper actor (it outlives any one replica)."""
+    import ray
+
+    actor_cls = ray.remote(num_cpus=0, max_restarts=-1)(cls)
+    return actor_cls.options(
+        name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote(*args)
+
+
+def directory_router(directory: Any) -> APIRouter:
+    """``GET /v1/replicas`` (who serves, where each replica's metrics are) and
+    ``GET /v1/replicas/prometheus`` (the same as Prometheus HTTP service discovery targets)."""
+    router = APIRouter()
+
+    @router.get("/v1/replicas")
+    async def replicas() -> JSONResponse:
+        return JSONResponse({"replicas": await directory.replicas.remote()})
+
+    @router.get("/v1/replicas/prometheus")
+    async def prometheus_targets() -> JSONResponse:
+        entries = await directory.replicas.remote()
+        return JSONResponse([
+            {"targets": [e["metrics"]], "labels": {"replica": e["replica"], "job": "stream-tts"}}
+            for e in entries
+        ])
+
+    return router
+
+
+# ---------------------------------------------------------------------------------------- replica
+def _engine_factory(path: str) -> Callable[[EngineConfig], tuple[Engine, str]]:
+    module_name, _, attr = path.partition(":")
+    factory: Callable[[EngineConfig], tuple[Engine, str]] = getattr(
+        importlib.import_module(module_name), attr
+    )
+    return factory
+
+
+class StreamTTSReplica:
+    """One Ray Serve replica: builds the app (its own engine and worker) at replica start."""
+
+    def __init__(self, config: AppConfig, options: RayOptions) -> None:
+        from ray import serve
+
+        self.config = config
+        self.options = options
+        self.replica_id: str = serve.get_replica_context().replica_id.unique_id
+        self.hub: Any = None
+        self.directory = _named_actor(ReplicaDirectoryImpl, DIRECTORY_ACTOR)
+        self.info: dict[str, str] = {}
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from stream_server.app import create_app
+
+        engine: Engine | None = None
+        reason = "auto"
+        if self.options.engine_factory:
+            engine, reason = _engine_factory(self.options.engine_factory)(self.config.engine)
+        app = create_app(
+            self.config,
+            engine,
+            reason,
+            replica=self.replica_id,
+            overlay=RayOverlay(overlay_actor(self.config)),
+            serve_after_warmup=True,
+            extra_routers=[directory_router(self.directory)],
+        )
+        self.hub = app.state.hub
+        self.info = {"metrics": self._serve_metrics()}
+        self.directory.heartbeat.remote(self.replica_id, self.info)
+        return app
+
+    def _serve_metrics(self) -> str:
+        """This replica's own Prometheus endpoint (the proxy's /metrics reaches a random one)."""
+        import ray
+        from prometheus_client import start_http_server
+
+        host = self.config.server.host
+        server, _ = start_http_server(0, addr=host, registry=self.hub.metrics.collector())
+        if host in ("0.0.0.0", "::", ""):
+            host = ray.util.get_node_ip_address()
+        return f"{host}:{server.server_port}"
+
+    async def check_health(self) -> None:
+        """Ray's health check: a replica whose warm-up failed or whose worker died is replaced."""
+        hub = self.hub
+        if hub is None:
+            return
+        await self.directory.heartbeat.remote(self.replica_id, self.info)
+        if hub.warmup_error:
+            raise RuntimeError(hub.warmup_error)
+        scheduler = hub.scheduler
+        if scheduler is not None and not scheduler.alive():
+            raise RuntimeError("engine worker thread is not running")
+
+
+def build_application(config: AppConfig, options: RayOptions) -> Any:
+    """The Ray Serve application (``serve.run(...)`` or a builder's return value)."""
+    from ray import serve
+
+    deployment_options: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        # one WebSocket = one ongoing request for its whole life; a few more for HTTP calls
+        "max_ongoing_requests": config.server.max_sessions + 16,
+        "ray_actor_options": {"num_gpus": options.num_gpus, "num_cpus": options.num_cpus},
+        "graceful_shutdown_timeout_s": options.graceful_shutdown_s,
+        "graceful_shutdown_wait_loop_s": 1.0,
+        "health_check_period_s": 5.0,
+        "health_check_timeout_s": 30.0,
+    }
+    if options.autoscale is not None:
+        lo, hi = options.autoscale
+        deployment_options["autoscaling_config"] = {
+            "min_replicas": lo,
+            "max_replicas": hi,
+            "initial_replicas": max(lo, 1),
+            "target_ongoing_requests": options.target_sessions,
+        }
+    else:
+        deployment_options["num_replicas"] = options.replicas
+    ingress = serve.ingress()(StreamTTSReplica)
+    deployment = serve.deployment(**deployment_options)(ingress)
+    return deployment.bind(config, options)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """``import_path`` target for ``serve deploy``/``serve run`` config files.
+
+    args (all optional): ``config`` (TOML path), ``replicas``, ``autoscale`` ("MIN:MAX"),
+    ``target_sessions``, ``num_gpus``, ``num_cpus``, ``graceful_shutdown_s``, ``engine_factory``.
+    """
+    known = {"config", "replicas", "autoscale", "target_sessions", "num_gpus", "num_cpus",
+             "graceful_shutdown_s", "engine_factory"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ConfigError(f"unknown stream-tts Ray args: {', '.join(unknown)}")
+    config = load_config(args.get("config"))
+    options = RayOptions(
+        replicas=int(args.get("replicas", 1)),
+        autoscale=parse_autoscale(args["autoscale"]) if args.get("autoscale") else None,
+        target_sessions=int(args.get("target_sessions", 16)),
+        num_gpus=float(args.get("num_gpus", 0.0)),
+        num_cpus=float(args.get("num_cpus", 1.0)),
+        graceful_shutdown_s=float(args.get("graceful_shutdown_s", 30.0)),
+        engine_factory=str(args.get("engine_factory", "")),
+    )
+    return build_application(config, options)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (the same as `serve`)")
+    p.add_argument("--replicas", type=int, default=1, help="fixed number of replicas (default 1)")
+    p.add_argument("--autoscale", metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
+    p.add_argument("--target-sessions", type=int, default=16,
+                   help="autoscaling target: ongoing sessions per replica (default 16)")
+    p.add_argument("--num-gpus", type=float, default=None,
+                   help="GPUs per replica (default: 1 for --engine f5 on CUDA, else 0)")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica")
+    p.add_argument("--graceful-shutdown-s", type=float, default=30.0,
+                   help="a replica leaving finishes its sessions for this long (default 30)")
+    p.add_argument("--ray-address", default=None,
+                   help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    add_config_flags(p)
+
+
+def options_from_args(args: argparse.Namespace, config: AppConfig) -> RayOptions:
+    num_gpus = args.num_gpus
+    if num_gpus is None:
+        num_gpus = 1.0 if config.engine.engine == "f5" and config.engine.device != "cpu" else 0.0
+    return RayOptions(
+        replicas=args.replicas,
+        autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+        target_sessions=args.target_sessions,
+        num_gpus=num_gpus,
+        num_cpus=args.num_cpus,
+        graceful_shutdown_s=args.graceful_shutdown_s,
+    )
+
+
+def replica_actor_name(replica_id: str) -> str:
+    """Ray's actor name of a replica of this app (namespace ``serve``), e.g. to kill it."""
+    return f"SERVE_REPLICA::{APP_NAME}#{DEPLOYMENT_NAME}#{replica_id}"
+
+
+def start_local(host: str, port: int, address: str | None = None, **init_kwargs: Any) -> None:
+    """``ray.init`` + ``serve.start`` with the proxy on host:port.
+
+    Ray's proxy routes a new request by the replicas' ongoing-request counts, cached for 10 s by
+    default; a replica not in the cache yet is skipped while it is probed, so a burst of sessions
+    after an idle spell lands on one replica. Sessions are long, so probing on every new session
+    costs nothing that matters: the cache is turned off (also set this variable on a cluster).
+    """
+    import os
+
+    import ray
+    from ray import serve
+
+    os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S", "0")
+    ray.init(address=address, namespace=NAMESPACE, **init_kwargs)
+    serve.start(http_options={"host": host, "port": port})
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import ray
+        from ray import serve
+    except ModuleNotFoundError:
+        raise ConfigError("serve-ray needs Ray Serve: pip install 'stream-tts[ray]'") from None
+    config = load_config(args.config, overrides_from_args(args))
+    options = options_from_args(args, config)
+    logging.basicConfig(
+        level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    start_local(config.server.host, config.server.port, args.ray_address)
+    try:
+        serve.run(build_application(config, options), name=APP_NAME, route_prefix="/")
+        log.info(
+            "stream-tts ready on Ray Serve at http://%s:%d | %s",
+            config.server.host, config.server.port,
+            f"autoscale {options.autoscale}" if options.autoscale else f"{options.replicas} replicas",
+        )
+        stop.wait()
+    finally:
+        serve.delete(APP_NAME)
+        for name in (OVERLAY_ACTOR, DIRECTORY_ACTOR):
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+        serve.shutdown()
+        ray.shutdown()
+    return 0

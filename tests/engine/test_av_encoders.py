@@ -1,0 +1,72 @@
+"""MP3 and Ogg Opus encoders (PyAV): one item per codec frame, decodable, right rate and length."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+import pytest
+
+from engine.av_encoders import MP3_RATES, Mp3FrameEncoder, OggOpusEncoder, mp3_frame_samples
+from engine.codec import AudioCodecError, UnsupportedSampleRateError, encoded_seconds, make_encoder
+from engine.config import AudioConfig
+
+
+def tone(seconds: float, rate: int = 24000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+
+
+def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
+    container = av.open(io.BytesIO(data), format=fmt)
+    frames = list(container.decode(audio=0))
+    container.close()
+    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]), frames[0].sample_rate
+
+
+def stream(enc, audio: np.ndarray, step: int = 1440) -> list[bytes]:  # type: ignore[no-untyped-def]
+    return [p for i in range(0, audio.shape[0], step) for p in enc.encode(audio[i : i + step])] + enc.flush()
+
+
+@pytest.mark.parametrize("rate", MP3_RATES)
+def test_mp3_frames_decode_to_the_right_rate_and_length(rate: int) -> None:
+    enc = make_encoder("mp3", rate, AudioConfig(), 24000, bitrate=64000)
+    assert isinstance(enc, Mp3FrameEncoder)
+    items = stream(enc, tone(1.0))
+    assert all(p[0] == 0xFF and p[1] & 0xE0 == 0xE0 for p in items)  # each item starts with a frame sync
+    assert sum(encoded_seconds("mp3", rate, p, 20) for p in items) == pytest.approx(enc.duration_s)
+    samples, out_rate = decode(b"".join(items), "mp3")
+    assert out_rate == rate
+    assert samples.shape[0] / rate == pytest.approx(1.0, abs=3 * mp3_frame_samples(rate) / rate)
+    assert 0.3 < float(np.abs(samples).max()) < 0.7
+
+
+def test_mp3_bitrate_sets_the_frame_size() -> None:
+    sizes = {}
+    for kbps in (32, 128):
+        items = stream(Mp3FrameEncoder(24000, 44100, kbps * 1000), tone(0.5))
+        sizes[kbps] = np.median([len(p) for p in items])
+    assert sizes[128] == pytest.approx(4 * sizes[32], rel=0.05)  # CBR: 144 * bitrate / rate bytes
+
+
+def test_ogg_opus_streams_one_page_per_20_ms_and_chains() -> None:
+    enc = make_encoder("ogg_opus", 48000, AudioConfig(), 24000, bitrate=64000)
+    assert isinstance(enc, OggOpusEncoder)
+    first = stream(enc, tone(1.0))
+    assert first[0].startswith(b"OggS") and b"OpusHead" in first[0]
+    assert all(p.startswith(b"OggS") for p in first)
+    assert len(first) == pytest.approx(50, abs=3)  # 20 ms each
+    second = stream(OggOpusEncoder(24000, 48000, 32000), tone(0.5))
+    samples, rate = decode(b"".join(first + second), "ogg")  # two chained logical streams
+    assert rate == 48000
+    assert samples.shape[0] / rate == pytest.approx(1.5, abs=0.05)
+
+
+def test_bad_rates_and_bitrates_are_refused() -> None:
+    with pytest.raises(UnsupportedSampleRateError):
+        Mp3FrameEncoder(24000, 16000)
+    with pytest.raises(AudioCodecError):
+        Mp3FrameEncoder(24000, 44100, 100000)
+    with pytest.raises(UnsupportedSampleRateError):
+        OggOpusEncoder(24000, 24000)

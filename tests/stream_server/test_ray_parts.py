@@ -1,0 +1,81 @@
+"""The Ray Serve module's Ray-free parts: options, the overlay actor's logic, the directory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from stream_server import ray_serve
+from stream_server.errors import ConfigError
+from stream_server.ray_serve import OverlayActorImpl, RayOptions, ReplicaDirectoryImpl
+
+
+def test_options_are_validated() -> None:
+    assert ray_serve.parse_autoscale("1:4") == (1, 4)
+    for bad in ("4", "a:b", "1:2:3"):
+        with pytest.raises(ConfigError):
+            ray_serve.parse_autoscale(bad)
+    for kwargs in ({"replicas": 0}, {"autoscale": (3, 2)}, {"autoscale": (0, 0)},
+                   {"target_sessions": 0}, {"num_gpus": -1}, {"engine_factory": "nocolon"}):
+        with pytest.raises(ConfigError):
+            RayOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_app_builder_rejects_unknown_args() -> None:
+    with pytest.raises(ConfigError, match="unknown stream-tts Ray args: replica"):
+        ray_serve.app_builder({"replica": 2})
+
+
+def test_overlay_actor_serves_pages_of_every_replica_in_order() -> None:
+    async def run() -> None:
+        actor = OverlayActorImpl(max_pending=4, max_chars=100)
+        page_a, page_b = await actor.connect(), await actor.connect()
+        assert await actor.call("say", "one", "", "") == ("ok", (("m1", "one", "", ""), 0))
+        assert (await actor.call("say", "two", "", ""))[1][1] == 1  # position behind "one"
+        for page in (page_a, page_b):  # every page gets the same current message
+            events = await actor.poll(page, 1.0)
+            assert [e["text"] for e in events] == ["one"]
+        await actor.call("played", "m1")
+        assert [e["text"] for e in await actor.poll(page_b, 1.0)] == ["two"]
+        assert await actor.poll(page_b, 0.05) == []  # nothing else pending
+        for _ in range(4):
+            assert (await actor.call("say", "more", "", ""))[0] == "ok"
+        status, (http_status, code, _) = await actor.call("say", "full", "", "")
+        assert (status, http_status, code) == ("error", 429, "queue_full")
+        with pytest.raises(ValueError):
+            await actor.call("connect")
+
+    asyncio.run(run())
+
+
+def test_overlay_actor_forgets_pages_that_stop_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ray_serve, "_POLL_S", 0.05)
+    monkeypatch.setattr(ray_serve, "_LISTENER_TTL_S", 0.15)
+
+    async def run() -> None:
+        actor = OverlayActorImpl(max_pending=4, max_chars=100)
+        page = await actor.connect()
+        await actor.call("say", "hello", "", "")
+        assert (await actor.call("snapshot"))[1]["listeners"] == 1
+        await asyncio.sleep(0.5)  # the page's replica died: no polls
+        snap = (await actor.call("snapshot"))[1]
+        assert snap["listeners"] == 0
+        # the unread message goes back to the queue for the next page
+        assert snap["current"] is None and [m["text"] for m in snap["pending"]] == ["hello"]
+        assert await actor.poll(page, 0.01) == [{"type": "_close"}]
+
+    asyncio.run(run())
+
+
+def test_directory_drops_replicas_that_stop_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(ray_serve.time, "monotonic", lambda: now[0])
+    directory = ReplicaDirectoryImpl()
+    directory.heartbeat("a", {"metrics": "127.0.0.1:1"})
+    directory.heartbeat("b", {"metrics": "127.0.0.1:2"})
+    assert [e["replica"] for e in directory.replicas()] == ["a", "b"]
+    now[0] += ray_serve._REPLICA_TTL_S - 1
+    directory.heartbeat("b", {"metrics": "127.0.0.1:2"})
+    now[0] += 2
+    assert directory.replicas() == [{"replica": "b", "metrics": "127.0.0.1:2"}]

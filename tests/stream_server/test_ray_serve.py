@@ -1,0 +1,260 @@
+"""Issue 11: the app on Ray Serve — a local Ray with 2 CPU replicas behind Ray's proxy.
+
+Needs the ``ray`` extra (installed by ``make test``). One Ray instance serves the module: first
+an eSpeak application (sessions, overlay, metrics, a killed replica), then a small random-weight
+F5 application (a voice uploaded through one replica is used on the other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from stream_server.config import load_config
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from stream_server import ray_serve  # noqa: E402  (after the importorskip)
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = "Hello from a replica. This is the second sentence of the test."
+REPLICA_HEADER = "x-stream-tts-replica"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _deploy(port: int, options: ray_serve.RayOptions, **engine: Any) -> None:
+    overrides = {"server.max_sessions": 16, **{f"engine.{k}": v for k, v in engine.items()}}
+    config = load_config(None, overrides)
+    serve.run(ray_serve.build_application(config, options), name=ray_serve.APP_NAME,
+              route_prefix="/")
+    _wait_ready(port, options.replicas)
+
+
+def _wait_ready(port: int, replicas: int, timeout_s: float = 180.0) -> None:
+    """Until Ray reports every replica running and the proxy answers /healthz."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(ray_serve.APP_NAME)
+        if status is not None and str(status.status).endswith("RUNNING"):
+            dep = status.deployments[ray_serve.DEPLOYMENT_NAME]
+            running = dep.replica_states.get("RUNNING", 0)
+            if running == replicas and _get(port, "/healthz").status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"Ray Serve app not ready: {serve.status()}")
+
+
+def _get(port: int, path: str) -> httpx.Response:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+    except httpx.HTTPError:
+        return httpx.Response(599)
+
+
+@pytest.fixture(scope="module")
+def ray_port() -> Iterator[int]:
+    port = _free_port()
+    ray_serve.start_local(
+        "127.0.0.1", port, num_cpus=4, include_dashboard=False, log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
+    try:
+        yield port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def espeak_app(ray_port: int) -> Iterator[int]:
+    _deploy(ray_port, ray_serve.RayOptions(replicas=2, num_cpus=0.5), engine="espeak")
+    yield ray_port
+    serve.delete(ray_serve.APP_NAME)
+
+
+async def _session(port: int, text: str, pieces: int = 1, gap_s: float = 0.0) -> dict[str, Any]:
+    """One /v1/stream session (PCM); text sent in ``pieces`` with ``gap_s`` between them."""
+    out: dict[str, Any] = {"replica": None, "pcm": 0, "done": None, "close": None, "error": None}
+    words = text.split(" ")
+    step = max(1, len(words) // pieces)
+    chunks = [" ".join(words[i:i + step]) + " " for i in range(0, len(words), step)]
+    async with connect(f"ws://127.0.0.1:{port}/v1/stream") as ws:
+        await ws.send(json.dumps({"type": "start", "format": "pcm_s16le", "voice": "en-us"}))
+        ready = json.loads(await ws.recv())
+        out["replica"] = ready.get("replica")
+
+        async def send_all() -> None:
+            for chunk in chunks:
+                await ws.send(json.dumps({"type": "text", "text": chunk}))
+                await asyncio.sleep(gap_s)
+            await ws.send(json.dumps({"type": "end"}))
+
+        sender = asyncio.create_task(send_all())
+        try:
+            async for msg in ws:
+                if isinstance(msg, bytes):
+                    out["pcm"] += len(msg)
+                else:
+                    body = json.loads(msg)
+                    if body["type"] == "done":
+                        out["done"] = body
+                    elif body["type"] == "error":
+                        out["error"] = body
+        except ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+        out["close"] = ws.close_code
+    return out
+
+
+def test_sessions_spread_over_both_replicas_with_their_audio(espeak_app: int) -> None:
+    async def run() -> list[dict[str, Any]]:
+        texts = [f"Session number {i} says hello. {TEXT}" for i in range(8)]
+        return await asyncio.gather(*[_session(espeak_app, t) for t in texts])
+
+    results = asyncio.run(asyncio.wait_for(run(), 120))
+    for r in results:
+        assert r["close"] == 1000 and r["error"] is None and r["done"] is not None
+        # every byte of PCM announced by `done` arrived (24 kHz s16le: 48 bytes per ms)
+        assert r["pcm"] == round(r["done"]["audio_ms"] * 48) and r["pcm"] > 48_000
+    assert len({r["replica"] for r in results}) == 2
+
+
+def test_info_header_and_metrics_name_the_replica(espeak_app: int) -> None:
+    seen = set()
+    for _ in range(12):
+        info = _get(espeak_app, "/v1/info")
+        assert info.json()["replica"] == info.headers[REPLICA_HEADER]
+        seen.add(info.json()["replica"])
+    assert len(seen) == 2
+    metrics = _get(espeak_app, "/metrics")
+    assert f'replica="{metrics.headers[REPLICA_HEADER]}"' in metrics.text
+    # each replica's own endpoint, as listed for Prometheus service discovery
+    targets = _get(espeak_app, "/v1/replicas/prometheus").json()
+    assert {t["labels"]["replica"] for t in targets} == seen
+    for t in targets:
+        own = httpx.get(f"http://{t['targets'][0]}/metrics", timeout=10).text
+        assert f'stream_tts_sessions_total{{replica="{t["labels"]["replica"]}"}}' in own
+
+
+def test_overlay_say_on_any_replica_reaches_a_page_on_another(espeak_app: int) -> None:
+    async def run() -> tuple[str, list[tuple[str, str]], list[str]]:
+        async with connect(f"ws://127.0.0.1:{espeak_app}/v1/overlay/events") as page:
+            page_replica = page.response.headers[REPLICA_HEADER]
+            sent: list[tuple[str, str]] = []  # (text, replica that took the POST)
+            async with httpx.AsyncClient() as http:
+                for i in range(20):
+                    r = await http.post(f"http://127.0.0.1:{espeak_app}/v1/overlay/say",
+                                        json={"text": f"message {i}"})
+                    assert r.status_code == 202, r.text
+                    sent.append((f"message {i}", r.headers[REPLICA_HEADER]))
+                    if r.headers[REPLICA_HEADER] != page_replica:
+                        break
+            got = []
+            for _ in sent:  # read each in order, reporting it played so the next one comes
+                msg = json.loads(await asyncio.wait_for(page.recv(), 20))
+                assert msg["type"] == "say"
+                got.append(msg["text"])
+                await page.send(json.dumps({"type": "played", "id": msg["id"]}))
+        return page_replica, sent, got
+
+    page_replica, sent, got = asyncio.run(run())
+    assert sent[-1][1] != page_replica  # the last one went through the other replica
+    assert got == [text for text, _ in sent]
+
+
+def test_killing_a_replica_ends_only_its_sessions(espeak_app: int) -> None:
+    async def run() -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+        long_text = " ".join([TEXT] * 6)
+        tasks = [asyncio.create_task(_session(espeak_app, long_text, pieces=12, gap_s=0.5))
+                 for _ in range(6)]
+        await asyncio.sleep(3.0)  # every session is open and speaking
+        victim = _get(espeak_app, "/v1/info").json()["replica"]
+        actor = ray.get_actor(ray_serve.replica_actor_name(victim), namespace="serve")
+        ray.kill(actor, no_restart=False)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 90)
+        after = await asyncio.wait_for(_session(espeak_app, TEXT), 60)
+        return results, victim, after
+
+    results, victim, after = asyncio.run(run())
+    on_victim = [r for r in results if r["replica"] == victim]
+    others = [r for r in results if r["replica"] != victim]
+    assert on_victim and others, [r["replica"] for r in results]
+    for r in on_victim:  # ended early with a close the client can reconnect on
+        assert r["done"] is None and r["close"] != 1000
+    for r in others:  # untouched: the whole text, all its audio
+        assert r["close"] == 1000 and r["error"] is None and r["done"] is not None
+        assert r["pcm"] == round(r["done"]["audio_ms"] * 48)
+    assert after["close"] == 1000 and after["done"] is not None  # new sessions work at once
+    _wait_ready(espeak_app, 2)  # and Ray brings the killed replica back
+
+
+def _clip_wav(seconds: float = 1.5) -> bytes:
+    t = np.arange(round(seconds * 24000)) / 24000
+    audio = 0.3 * np.sin(2 * np.pi * 150 * t) * (1 + 0.3 * np.sin(2 * np.pi * 3 * t))
+    buf = io.BytesIO()
+    sf.write(buf, audio.astype(np.float32), 24000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_a_voice_uploaded_through_one_replica_speaks_on_the_other(
+    espeak_app: int, tmp_path: Path
+) -> None:
+    serve.delete(ray_serve.APP_NAME)
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    options = ray_serve.RayOptions(replicas=2, num_cpus=0.5,
+                                   engine_factory="tests.ray_engines:tiny_f5")
+    _deploy(espeak_app, options, voices_dir=str(voices))
+    up = httpx.post(f"http://127.0.0.1:{espeak_app}/v1/voices", timeout=60,
+                    data={"name": "bob", "text": "Some reference words."},
+                    files={"audio": ("bob.wav", _clip_wav(), "audio/wav")})
+    assert up.status_code in (200, 201), up.text
+    uploader = up.headers[REPLICA_HEADER]
+
+    async def other_replica_session() -> dict[str, Any]:
+        for _ in range(20):
+            async with connect(f"ws://127.0.0.1:{espeak_app}/v1/stream") as ws:
+                if ws.response.headers[REPLICA_HEADER] == uploader:
+                    continue
+                await ws.send(json.dumps({"type": "start", "voice": "bob", "format": "pcm_s16le",
+                                          "options": {"seed": 1}}))
+                await ws.send(json.dumps({"type": "text", "text": "Hi there."}))
+                await ws.send(json.dumps({"type": "end"}))
+                msgs, pcm = [], 0
+                async for m in ws:
+                    if isinstance(m, bytes):
+                        pcm += len(m)
+                    else:
+                        msgs.append(json.loads(m))
+                return {"messages": msgs, "pcm": pcm, "close": ws.close_code}
+        raise AssertionError("every session landed on the uploading replica")
+
+    got = asyncio.run(asyncio.wait_for(other_replica_session(), 120))
+    types = [m["type"] for m in got["messages"]]
+    assert types[0] == "ready" and got["messages"][0]["voice"] == "bob", got["messages"]
+    assert got["messages"][0]["replica"] != uploader
+    assert "error" not in types and types[-1] == "done" and got["pcm"] > 0
+    assert os.path.exists(voices / "bob.wav")
