@@ -107,14 +107,14 @@ def test_the_wheel_list_follows_pyproject_and_the_docs() -> None:
     wheels = _pins(script)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     not_carried = {"torch", "torchaudio"}  # on the machine; numpy is unpinned (image)
-    only_for_plots = {"matplotlib"}  # bench --plot only
-    only_on_cpu_tests = {"playwright", "mypy", "ruff", "httpx", "librosa", "pydub"}
+    imported_lazily = {"matplotlib", "av"}  # bench --plot; mp3/ogg of the compatible APIs
+    only_on_cpu_tests = {"playwright", "mypy", "ruff", "httpx", "librosa", "pydub", "hypothesis"}
     for req in project["dependencies"] + project["optional-dependencies"]["test"]:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", req)
         if m is None:
             continue
         name = m[1].lower().replace("_", "-")
-        if name in not_carried | only_for_plots | only_on_cpu_tests:
+        if name in not_carried | imported_lazily | only_on_cpu_tests:
             assert name not in wheels
             continue
         assert wheels.get(name) == m[2], f"{name}: pyproject {m[2]}, device_wheels.sh {wheels.get(name)}"
