@@ -49,6 +49,7 @@ class Check:
         self.outdir, self.smoke = outdir, smoke
         self.work = Path(tempfile.mkdtemp(prefix="device-check-"))
         self.log_path = outdir / "device_check.log"
+        self.log_path.touch()
         self.deadline = time.monotonic() + budget_s - setup["seconds"]
         self.boxes = SMOKE_BOXES if smoke else FULL_BOXES
         self.report: dict[str, Any] = {
@@ -310,7 +311,7 @@ def markdown(report: dict[str, Any]) -> str:
         detail = st.get("detail", "")
         if "counts" in st:
             detail = ", ".join(f"{v} {k}" for k, v in st["counts"].items()) or detail
-        lines.append(f"| {name} | {st['status']} | {_f(st.get('seconds'), 1)} | {detail} |")
+        lines.append(f"| {name} | {st.get('status', '?')} | {_f(st.get('seconds'), 1)} | {detail} |")
     single = (report["steps"].get("bench_single") or {}).get("result") or {}
     if single:
         ours, ref = single.get("ours", {}), single.get("reference", {})
@@ -357,17 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     check.save()
     ready = check.preflight()
     if ready:
-        check.pytest_gpu()
-        check.bench_single()
-        check.bench_streams()
-        check.server_bench()
+        for name in list(check.boxes)[1:]:
+            try:
+                getattr(check, name)()
+            except Exception as exc:  # a broken step must not cost the others their report
+                check.step(name, {"status": "failed", "detail": f"driver error: {exc!r}"})
     else:
         for name in list(check.boxes)[1:]:
             check.step(name, {"status": "skipped", "detail": "preflight failed"})
     check.save()
-    failed = [n for n, s in check.report["steps"].items() if s["status"] not in ("ok", "skipped")]
+    failed = [n for n, s in check.report["steps"].items() if s.get("status") not in ("ok", "skipped")]
     print(f"device check ({check.report['mode']}): "
-          + ", ".join(f"{n} {s['status']}" for n, s in check.report["steps"].items())
+          + ", ".join(f"{n} {s.get('status')}" for n, s in check.report["steps"].items())
           + f"; report in {outdir}/device_check.md")
     return 1 if failed or not ready else 0
 
