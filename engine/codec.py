@@ -15,7 +15,6 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import opuslib
-import torchaudio
 
 from engine.base import EngineError, InvalidOptionError
 from engine.config import AudioConfig
@@ -82,11 +81,27 @@ def float_to_s16(pcm: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _sinc_kernel(in_rate: int, out_rate: int) -> tuple[np.ndarray, int]:
-    """torchaudio's default sinc kernel for this rate pair: ``(new, 2 * width + orig)`` float32."""
-    rs = torchaudio.transforms.Resample(in_rate, out_rate)
-    kernel = rs.kernel[:, 0, :].numpy().copy()
+    """torchaudio's default sinc kernel for this rate pair: ``(new, 2 * width + orig)`` float32.
+
+    The same formula as ``torchaudio.transforms.Resample`` (``sinc_interp_hann``, lowpass width 6,
+    rolloff 0.99, computed in float64, stored as float32), in numpy, so that the engine worker
+    processes never import torch (a 3-5 s, 700 MB import); tests check it against torchaudio.
+    """
+    lowpass_width, rolloff = 6, 0.99
+    gcd = math.gcd(in_rate, out_rate)
+    orig, new = in_rate // gcd, out_rate // gcd
+    base = min(orig, new) * rolloff
+    width = math.ceil(lowpass_width * orig / base)
+    idx = np.arange(-width, width + orig, dtype=np.float64)[None, :] / orig
+    t = np.arange(0, -new, -1, dtype=np.float64)[:, None] / new + idx
+    t = np.clip(t * base, -lowpass_width, lowpass_width)
+    window = np.cos(t * math.pi / lowpass_width / 2) ** 2
+    t *= math.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kernel = np.where(t == 0, 1.0, np.sin(t) / t)
+    kernel = (kernel * window * (base / orig)).astype(np.float32)
     kernel.setflags(write=False)
-    return kernel, int(rs.width)
+    return kernel, width
 
 
 class StreamingResampler:
@@ -367,7 +382,8 @@ def make_encoder(
     if fmt in ("ulaw", "alaw"):
         from engine.g711 import G711Encoder
 
-        return G711Encoder(fmt, in_rate=in_rate, out_rate=out_rate, chunk_ms=audio.frame_ms)
+        law: Literal["ulaw", "alaw"] = "ulaw" if fmt == "ulaw" else "alaw"
+        return G711Encoder(law, in_rate=in_rate, out_rate=out_rate, chunk_ms=audio.frame_ms)
     if fmt == "mp3":
         from engine.av_encoders import Mp3FrameEncoder
 

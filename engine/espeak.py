@@ -216,6 +216,7 @@ class EspeakEngine:
         if not 10.0 <= chunk_ms <= 1000.0:
             raise ValueError(f"chunk_ms must be 10..1000, got {chunk_ms}")
         self.chunk_samples_in = round(ESPEAK_RATE_HZ * chunk_ms / 1000)  # per chunk, at 22050 Hz
+        self._recipe_kwargs = {"cfg": cfg, "chunk_ms": chunk_ms}
         global _loaded_voice
         with _LOCK:
             lib = _load_locked()
@@ -234,6 +235,14 @@ class EspeakEngine:
                 f"default eSpeak voice {cfg.espeak_default_voice!r} is not available; "
                 f"choose one of {', '.join(self._voices)}"
             )
+
+    def worker_recipe(self) -> tuple[str, dict[str, object]]:
+        """How a worker process builds the same engine (``"module:callable"``, keyword arguments).
+
+        eSpeak is process-global and not thread-safe, so the server runs one instance per worker
+        process to use every core (``[server] workers``).
+        """
+        return "engine.espeak:EspeakEngine", dict(self._recipe_kwargs)
 
     def voices(self) -> list[VoiceInfo]:
         """``auto`` and the curated voices present in the installed eSpeak data (en-us and cmn at

@@ -23,9 +23,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.base import Engine
+from stream_server import live_metrics
 from stream_server.config import AppConfig
 from stream_server.connection import Connection, Hub
+from stream_server.drain import DrainGate, DrainingServer
 from stream_server.errors import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
+from stream_server.handshake import head_timeout_protocol
 from stream_server.metrics import ServerMetrics
 from stream_server.overlay import OverlayBackend
 from stream_server.protocol import PROTOCOL_VERSION, SAMPLE_RATES, Error, encode_server_message
@@ -91,6 +94,7 @@ def create_app(
     """
     hub = Hub(config, ServerMetrics(replica=replica), engine, engine_reason)
     hub.replica = replica
+    loop_lag = live_metrics.install(hub)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,9 +108,11 @@ def create_app(
             await asyncio.shield(warm)
             if hub.warmup_error:
                 raise RuntimeError(hub.warmup_error)
+        loop_lag.start()
         try:
             yield
         finally:
+            await loop_lag.stop()
             warm.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warm
@@ -117,9 +123,12 @@ def create_app(
     app.state.hub = hub
     if replica:
         app.add_middleware(ReplicaHeader, replica=replica)
+    app.add_middleware(DrainGate, hub=hub)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
+        if hub.draining or hub.shutting_down:
+            return JSONResponse({"status": "draining", "sessions": len(hub.connections)}, status_code=503)
         if not hub.warm:
             body = {"status": "error" if hub.warmup_error else "warming_up", "error": hub.warmup_error}
             return JSONResponse(body, status_code=503)
@@ -178,16 +187,20 @@ def create_app(
     async def stream(websocket: WebSocket) -> None:
         await websocket.accept()
         refusal = None
-        if hub.shutting_down:
+        retry_ms = None
+        if hub.shutting_down or hub.draining:
             refusal = ("shutting_down", "server is shutting down", CLOSE_GOING_AWAY)
         elif len(hub.connections) >= config.server.max_sessions:
             hub.metrics.rejected_sessions.inc()
             refusal = ("overloaded", "too many sessions; try again later", CLOSE_TRY_AGAIN_LATER)
+        elif (over := hub.admit("session")) is not None:
+            refusal, retry_ms = (over.code, over.message, CLOSE_TRY_AGAIN_LATER), over.retry_after_ms
         if refusal is not None:
             code, message, close_code = refusal
             hub.metrics.observe_error(code)
+            hub.metrics.observe_refusal(code)
             with contextlib.suppress(Exception):
-                await websocket.send_text(encode_server_message(Error(code, message)))
+                await websocket.send_text(encode_server_message(Error(code, message, retry_ms)))
                 await websocket.close(close_code, code)
             return
         await Connection(hub, websocket, uuid.uuid4().hex[:12]).run()
@@ -221,8 +234,12 @@ def _include_routers(app: FastAPI, hub: Hub, overlay: OverlayBackend | None) -> 
     register_elevenlabs_routes(app, hub)
 
 
-class StreamServer(uvicorn.Server):
-    """uvicorn's server, telling open sessions ``shutting_down`` (close 1001) before it stops."""
+class StreamServer(DrainingServer):
+    """uvicorn's server, telling open sessions ``shutting_down`` (close 1001) before it stops;
+    SIGTERM/SIGINT drain first (``stream_server.drain``)."""
+
+    def drain_hub(self) -> Hub | None:
+        return _hub_of(self.config.app)
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
@@ -248,20 +265,29 @@ def _hub_of(app: Any) -> Hub | None:
 
 def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> StreamServer:
     """A uvicorn server for the app (websockets-sansio implementation, lifespan on)."""
+    hub = _hub_of(app)
+    # HTTP responses still running after the drain get this long before they are cancelled
+    uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 3)
+    # one WebSocket message at most this big (uvicorn's default is 16 MiB); a `text` message of
+    # max_message_chars characters, JSON-escaped (up to 12 bytes each), always fits
+    uvicorn_kwargs.setdefault("ws_max_size", max(1 << 20, 12 * config.server.max_message_chars + (64 << 10)))
+    # uvicorn's h11 protocol, with a deadline for request heads (handshake.py)
+    uvicorn_kwargs.setdefault("http", head_timeout_protocol(
+        config.server.handshake_timeout_s,
+        (lambda: hub.metrics.observe_refusal("handshake_timeout")) if hub is not None else (lambda: None),
+    ))
     cfg = uvicorn.Config(
         app,
         host=config.server.host,
         port=config.server.port,
         ws="websockets-sansio",  # the legacy implementation imports deprecated websockets.legacy
         # named, not "auto": installing an extra (Ray brings uvloop and httptools) must not
-        # silently change the server's event loop and HTTP parser
+        # silently change the server's event loop and HTTP parser (http: h11, from handshake.py)
         loop="asyncio",
-        http="h11",
         lifespan="on",
         log_level=config.server.log_level,
         **uvicorn_kwargs,
     )
-    hub = _hub_of(app)
     if hub is not None:
         hub.expect_bind = True
     return StreamServer(cfg)

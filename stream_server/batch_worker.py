@@ -42,6 +42,7 @@ from engine.base import BatchEngine, BatchItem, Engine, EngineError, StepKind
 from engine.codec import make_encoder
 from engine.config import AudioConfig
 from stream_server.batch_policy import BatchLimits, BatchPolicy, Candidate, OomBackoff, choose_step
+from stream_server.lanes import Lane
 from stream_server.scheduler import (
     _IDLE_WAIT_S,
     Channel,
@@ -379,10 +380,15 @@ def make_scheduler(
     policy: BatchPolicy = DEFAULT_POLICY,
     max_rows: int | None = None,
     on_step: Callable[[StepKind, int, float], None] | None = None,
+    lanes: list[Lane] | None = None,
 ) -> Scheduler:
-    """The worker for ``engine``: ``BatchScheduler`` for a batching engine, else the chunk worker."""
+    """The worker for ``engine``: ``BatchScheduler`` for a batching engine (one owner of its
+    device: ``lanes`` must be None), else the chunk worker on ``lanes`` (default: one thread)."""
     if isinstance(engine, BatchEngine):
+        if lanes:
+            raise ValueError("a batching engine runs on its own worker thread, not on lanes")
         return BatchScheduler(engine, audio, max_jobs=max_jobs, max_ahead_s=max_ahead_s,
                               on_fault=on_fault, policy=policy, max_rows=max_rows, on_step=on_step)
-    return Scheduler(engine, audio, max_jobs=max_jobs, max_ahead_s=max_ahead_s, on_fault=on_fault)
+    return Scheduler(engine, audio, max_jobs=max_jobs, max_ahead_s=max_ahead_s, on_fault=on_fault,
+                     lanes=lanes)
 

@@ -9,11 +9,16 @@ close, then decodes them and simulates playback. Per level it reports, with p50/
   chunker with the default ``ChunkerConfig``, the server's default; or ``end`` when no segment
   completes earlier) -> first audio frame;
 - server TTFA (``done.ttfa_ms``), utterance and segment RTF (``done`` / ``segment_done``);
+- refusals: sessions or turns the server refused (``overloaded``, ``over_capacity``: admission
+  control), counted apart from errors and not measured;
 - playback underruns: playback starts when the first frame arrives and plays frames back to back;
   a frame that arrives after the moment it should start playing is an underrun (playback stalls
   until it arrives; the stall adds to ``stall_ms``).
 
 Output: a printed table, optional JSON (``--json``) and a PNG of TTFA CDFs per level (``--plot``).
+``--light``: the client counts packets and times them without decoding Opus (each packet is one
+frame of ``frame_ms``), so it costs the server little CPU when both share a machine; the report
+says which client mode ran. ``--duration SECONDS``: a soak instead of levels (``stream_server.soak``).
 This module is the client side; the statistics, playback simulation and report are pure functions
 in ``bench_report`` (unit-tested without a server).
 """
@@ -50,6 +55,10 @@ _CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
 _TOKEN = re.compile(rf"\s*(?:[{_CJK}]|[^\s{_CJK}]+)|\s+$")
 
 
+# the server refused the session or turn (max_sessions / admission control): counted as refusals
+REFUSAL_CODES = frozenset({"overloaded", "over_capacity"})
+
+
 class BenchError(Exception):
     """The benchmark cannot run (bad URL, server unreachable, no texts); one-line message."""
 
@@ -73,12 +82,14 @@ async def run_client(
     voice: str | None,
     timeout_s: float,
     prebuffer_ms: float,
+    light: bool = False,
 ) -> ClientResult:
     """Stream one text through one session and measure it (never raises for server trouble)."""
     res = ClientResult(clients=clients, text_index=text_index)
     arrivals: list[float] = []
     packets: list[bytes] = []
     t_first_text = t_sentence = math.nan
+    frame_ms = 20.0  # from `ready`
     t0 = time.perf_counter()
     try:
         async with connect(url, max_size=2**22, open_timeout=timeout_s) as ws:
@@ -95,12 +106,17 @@ async def run_client(
                         packets.append(raw)
                         continue
                     msg = json.loads(raw)
-                    if msg.get("type") == "segment_done" and msg.get("rtf") is not None:
+                    if msg.get("type") == "ready":
+                        nonlocal frame_ms
+                        frame_ms = float(msg.get("frame_ms", frame_ms))
+                    elif msg.get("type") == "segment_done" and msg.get("rtf") is not None:
                         res.segment_rtfs.append(float(msg["rtf"]))
                     elif msg.get("type") == "done":
                         res.server_ttfa_ms = msg.get("ttfa_ms")
                         res.rtf = msg.get("rtf")
                         res.audio_ms = msg.get("audio_ms")
+                    elif msg.get("type") == "error" and msg.get("code") in REFUSAL_CODES:
+                        res.refused = res.refused or str(msg.get("code"))
                     elif msg.get("type") == "error" and res.error is None:
                         res.error = f"{msg.get('code')}: {msg.get('message')}"
 
@@ -122,24 +138,31 @@ async def run_client(
                 if math.isnan(t_sentence):
                     t_sentence = time.perf_counter()  # end flushes the only sentence
                 await asyncio.wait_for(asyncio.shield(reader), timeout_s)
-                if res.audio_ms is None and res.error is None:
+                if res.audio_ms is None and res.error is None and res.refused is None:
                     res.error = "the server closed the session without a done message"
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
     except (OSError, TimeoutError, WebSocketException, json.JSONDecodeError) as exc:
-        res.error = res.error or f"{type(exc).__name__}: {exc}"
+        rcvd = getattr(exc, "rcvd", None)  # a refused session is closed with 1013 and its code
+        if res.refused is None and rcvd is not None and rcvd.reason in REFUSAL_CODES:
+            res.refused = rcvd.reason
+        if res.refused is None:
+            res.error = res.error or f"{type(exc).__name__}: {exc}"
     res.wall_ms = (time.perf_counter() - t0) * 1000.0
     res.frames = len(packets)
     if arrivals:
         res.client_ttfa_ms = (arrivals[0] - t_first_text) * 1000.0
         res.sentence_ttfa_ms = (arrivals[0] - t_sentence) * 1000.0
-        decoder = OpusFrameDecoder(24000)
-        try:
-            durations = [decoder.decode(p).shape[0] / 24000 for p in packets]
-        except ValueError as exc:  # a corrupt packet: report it, measure nothing more
-            res.error = res.error or f"undecodable audio frame: {exc}"
-            return res
+        if light:  # one Opus packet = one frame: count, do not decode
+            durations = [frame_ms / 1000.0] * len(packets)
+        else:
+            decoder = OpusFrameDecoder(24000)
+            try:
+                durations = [decoder.decode(p).shape[0] / 24000 for p in packets]
+            except ValueError as exc:  # a corrupt packet: report it, measure nothing more
+                res.error = res.error or f"undecodable audio frame: {exc}"
+                return res
         res.decoded_ms = sum(durations) * 1000.0
         played = simulate_playback(arrivals, durations, prebuffer_ms / 1000.0)
         res.underruns, res.stall_ms = played.underruns, played.stall_s * 1000.0
@@ -214,6 +237,7 @@ async def run_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict
                         args.voice,
                         args.timeout,
                         args.prebuffer_ms,
+                        args.light,
                     )
                     for k in picks
                 )
@@ -228,6 +252,7 @@ async def run_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict
         "texts": str(args.texts),
         "n_texts": len(texts),
         "prebuffer_ms": args.prebuffer_ms,
+        "client_mode": "light" if args.light else "decode",
     }
     return config, levels
 
@@ -253,9 +278,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="per-session timeout in seconds")
     p.add_argument("--json", default=None, help="write the full report to this JSON file")
     p.add_argument("--plot", default=None, help="write TTFA CDFs to this PNG file")
+    p.add_argument(
+        "--light", action="store_true",
+        help="count and time Opus packets without decoding them (little client CPU on a shared box)",
+    )
+    from stream_server import soak  # soak flags (--duration ...), in their own module
+
+    soak.configure_parser(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.duration > 0:
+        from stream_server import soak
+
+        return soak.run(args)
     try:
         config, levels = asyncio.run(run_bench(args))
     except BenchError as exc:

@@ -89,11 +89,12 @@ class ClientResult:
     underrun_at_ms: list[float] = field(default_factory=list)  # audio positions, first 20
     wall_ms: float = 0.0
     error: str | None = None
+    refused: str | None = None  # the refusal code (overloaded, over_capacity): not measured
 
 
 def summarize_level(clients: int, results: list[ClientResult]) -> dict[str, Any]:
-    """Aggregate one concurrency level (errored clients counted, not measured)."""
-    ok = [r for r in results if r.error is None]
+    """Aggregate one concurrency level (errored and refused clients counted, not measured)."""
+    ok = [r for r in results if r.error is None and r.refused is None]
 
     def values(name: str) -> list[float]:
         return [float(getattr(r, name)) for r in ok if getattr(r, name) is not None]
@@ -101,7 +102,8 @@ def summarize_level(clients: int, results: list[ClientResult]) -> dict[str, Any]
     return {
         "clients": clients,
         "utterances": len(results),
-        "errors": len(results) - len(ok),
+        "errors": sum(1 for r in results if r.error is not None),
+        "refused": sum(1 for r in results if r.error is None and r.refused is not None),
         "client_ttfa_ms": summarize(values("client_ttfa_ms")),
         "sentence_ttfa_ms": summarize(values("sentence_ttfa_ms")),
         "server_ttfa_ms": summarize(values("server_ttfa_ms")),
@@ -121,7 +123,7 @@ def _fmt(x: float) -> str:
 def format_table(levels: list[dict[str, Any]]) -> str:
     """The printed report: one row per concurrency level."""
     head = (
-        f"{'clients':>7} {'utts':>5} {'err':>4} | {'client TTFA ms p50/p90/p99':>26} | "
+        f"{'clients':>7} {'utts':>5} {'err':>4} {'ref':>4} | {'client TTFA ms p50/p90/p99':>26} | "
         f"{'sentence TTFA p50/p90/p99':>25} | {'server TTFA p50/p95/p99':>23} | "
         f"{'RTF p50/p90':>13} | {'underruns':>9} {'stall ms p99':>12}"
     )
@@ -132,7 +134,7 @@ def format_table(levels: list[dict[str, Any]]) -> str:
 
     for lv in levels:
         rows.append(
-            f"{lv['clients']:>7} {lv['utterances']:>5} {lv['errors']:>4} | "
+            f"{lv['clients']:>7} {lv['utterances']:>5} {lv['errors']:>4} {lv.get('refused', 0):>4} | "
             f"{trio(lv['client_ttfa_ms'], (50, 90, 99)):>26} | "
             f"{trio(lv['sentence_ttfa_ms'], (50, 90, 99)):>25} | "
             f"{trio(lv['server_ttfa_ms'], (50, 95, 99)):>23} | "
@@ -173,7 +175,7 @@ def write_plot(path: str | Path, levels: list[dict[str, Any]]) -> None:
     )
     for i, lv in enumerate(levels):
         colour = f"C{i % 10}"
-        ok = [r for r in lv["results"] if r["error"] is None]
+        ok = [r for r in lv["results"] if r["error"] is None and r.get("refused") is None]
         for key, style, label in curves:
             xs = sorted(r[key] for r in ok if r[key] is not None)
             if not xs or (

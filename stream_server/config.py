@@ -45,12 +45,26 @@ class ServerConfig:
     batch_ride_along_ratio: float = 0.1
     idle_timeout_s: float = 300.0  # an idle session (no work, no message) is closed after this
     max_protocol_errors: int = 10  # one more protocol error closes the session with 1008
+    # faults and shutdown (docs/RELIABILITY.md)
+    drain_timeout_s: float = 10.0  # SIGTERM/SIGINT: sessions mid-turn get this long to finish, then 1001
+    handshake_timeout_s: float = 10.0  # a connection must send a whole HTTP request head within this
+    start_timeout_s: float = 10.0  # a new WebSocket session must send `start` or `text` within this
     warmup_timeout_s: float = 900.0  # engine warm-up longer than this fails start-up
     default_format: Literal["opus", "pcm_s16le"] = "opus"
     overlay_api_key: str = ""  # "" = the overlay POST routes need no key
     overlay_queue_size: int = 32
     overlay_max_chars: int = 500
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # engine worker processes for CPU engines (eSpeak), each with its own audio post and encoders:
+    # 0 = one per CPU core; 1 = everything on one engine thread in the server process (engines
+    # without a worker recipe, e.g. F5 on its device, always run there)
+    workers: int = 0
+    # a worker process that takes longer than this for one step (about one engine chunk) is killed
+    # and replaced; its segment fails with engine_timeout
+    engine_watchdog_s: float = 10.0
+    # admission control: a new session or turn is refused with over_capacity when the sessions
+    # speaking would need more than this fraction of the measured synthesis capacity; 0 = off
+    admission_headroom: float = 0.7
     # ElevenLabs-compatible API: estimated per-character alignment with the audio (each segment's
     # audio then waits until the segment is synthesized) when the client asks (sync_alignment=true)
     # or always (for clients such as Pipecat that use it but cannot ask)
@@ -65,16 +79,25 @@ class ServerConfig:
             "max_ahead_s",
             "idle_timeout_s",
             "warmup_timeout_s",
+            "handshake_timeout_s",
+            "start_timeout_s",
             "overlay_queue_size",
             "overlay_max_chars",
+            "engine_watchdog_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"server.{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"server.port must be 0..65535, got {self.port}")
+        if self.drain_timeout_s < 0:
+            raise ValueError("server.drain_timeout_s must be >= 0")
         if self.batch_marginal_ratio < 0 or self.batch_ride_along_ratio < 0:
             raise ValueError("server.batch_marginal_ratio and batch_ride_along_ratio must be >= 0")
+        if self.workers < 0:
+            raise ValueError(f"server.workers must be >= 0 (0 = one per CPU core), got {self.workers}")
+        if not 0.0 <= self.admission_headroom <= 1.0:
+            raise ValueError(f"server.admission_headroom must be 0..1, got {self.admission_headroom}")
         if self.max_protocol_errors < 0:
             raise ValueError("server.max_protocol_errors must be >= 0")
         if self.max_message_chars > self.max_session_chars:

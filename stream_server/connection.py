@@ -18,13 +18,27 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from engine.base import Engine
 from stream_server.actions import Action, CancelJobs, Close, OutItem, Send, Submit
+from stream_server.admission import (
+    BEHIND_WINDOW_S,
+    Admission,
+    Refusal,
+    register_metrics,
+    speaking_load,
+)
 from stream_server.batch_policy import BatchPolicy
 from stream_server.batch_worker import make_scheduler
 from stream_server.config import AppConfig
 from stream_server.errors import CLOSE_INTERNAL_ERROR, ProtocolError, SessionLimitError
 from stream_server.metrics import ServerMetrics
-from stream_server.protocol import ProtocolLimits, encode_server_message, parse_client_message
-from stream_server.scheduler import Scheduler, SegmentFailed, WorkerEvent
+from stream_server.process_pool import build_lanes
+from stream_server.protocol import (
+    Error,
+    ProtocolLimits,
+    Text,
+    encode_server_message,
+    parse_client_message,
+)
+from stream_server.scheduler import Scheduler, SegmentFailed, SegmentFinished, WorkerEvent
 from stream_server.session import EngineInfo, Phase, Session
 
 log = logging.getLogger("stream_server")
@@ -53,6 +67,7 @@ class Outbox:
         self.capacity = capacity
         self._items: deque[OutItem | _CloseMarker] = deque()
         self._ready = asyncio.Event()
+        self.audio_bytes = 0  # audio payload bytes queued (for /metrics)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -61,23 +76,30 @@ class Outbox:
         if len(self._items) >= self.capacity:
             raise OutboxFull(f"outbox over {self.capacity} items")
         self._items.append(item)
+        if isinstance(item, OutItem) and isinstance(item.payload, bytes):
+            self.audio_bytes += len(item.payload)
         self._ready.set()
 
     def force_close(self, code: int, reason: str) -> None:
         """Drop everything queued and close next (outbox overflow: a bug, never a client's fault)."""
         self._items.clear()
+        self.audio_bytes = 0
         self._items.append(_CloseMarker(code, reason))
         self._ready.set()
 
     def drop_audio(self) -> None:
         """Forget queued audio frames (urgent close); control messages stay in order."""
         self._items = deque(i for i in self._items if not (isinstance(i, OutItem) and isinstance(i.payload, bytes)))
+        self.audio_bytes = 0
 
     async def get(self) -> OutItem | _CloseMarker:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        item = self._items.popleft()
+        if isinstance(item, OutItem) and isinstance(item.payload, bytes):
+            self.audio_bytes -= len(item.payload)
+        return item
 
 
 class OpenConnection(Protocol):
@@ -98,11 +120,13 @@ class Hub:
         self.engine_reason = engine_reason
         self.replica = ""  # this server's name among several (Ray Serve replicas); "" alone
         self.scheduler: Scheduler | None = None
+        self.admission: Admission | None = None
         self.connections: set[OpenConnection] = set()
         self.warm = False
         self.warmup_s: float | None = None
         self.warmup_error: str | None = None
         self.shutting_down = False
+        self.draining = False  # SIGTERM/SIGINT received: /healthz 503, new sessions refused (drain.py)
         self.url = f"http://{config.server.host}:{config.server.port}"
         # set by app.build_server: the ready line waits for the bound address (port 0 in tests)
         self.expect_bind = False
@@ -132,13 +156,35 @@ class Hub:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         s = self.config.server
+        engine = self.require_engine()
+        admission = Admission(1, s.admission_headroom)
+        on_fault = register_metrics(
+            self.metrics.registry, admission, lambda: speaking_load(self._speakers(), time.monotonic()),
+            lambda: self.scheduler.deadline_misses if self.scheduler else 0,
+        )
+        lanes = build_lanes(engine, self.config, on_fault)  # None: the one engine thread
+        admission.workers = len(lanes) if lanes else 1
+        self.admission = admission
         # every session keeps at most 2 segments at the scheduler (session.SUBMIT_AHEAD)
         self.scheduler = make_scheduler(
-            self.require_engine(), self.config.audio, max_jobs=2 * s.max_sessions + 8, max_ahead_s=s.max_ahead_s,
+            engine, self.config.audio, max_jobs=2 * s.max_sessions + 8, max_ahead_s=s.max_ahead_s,
             on_fault=self.metrics.observe_engine_fault, on_step=self.metrics.observe_step,
-            policy=BatchPolicy(s.batch_marginal_ratio, s.batch_ride_along_ratio),
+            policy=BatchPolicy(s.batch_marginal_ratio, s.batch_ride_along_ratio), lanes=lanes,
         )
         self.scheduler.start(loop)
+
+    def _speakers(self) -> list[Connection]:
+        """The ``/v1/stream`` sessions (the other APIs' connections are not counted as load)."""
+        return [c for c in self.connections if isinstance(c, Connection)]
+
+    def admit(self, reason: str, asking: Connection | None = None) -> Refusal | None:
+        """Admission control for a new session (``asking`` None) or a new turn of ``asking``."""
+        if self.admission is None:
+            return None
+        others = (c for c in self._speakers() if c is not asking)
+        now = time.monotonic()
+        behind = now - self.require_scheduler().last_miss_s < BEHIND_WINDOW_S
+        return self.admission.admit(reason, others, now, behind=behind)
 
     def stop(self) -> None:
         """Join the worker thread (blocking: call through asyncio.to_thread)."""
@@ -146,10 +192,9 @@ class Hub:
             self.scheduler.stop()
 
     async def warm_up(self) -> None:
-        eng = self.require_engine()
         t0 = time.perf_counter()
         try:
-            fut = self.require_scheduler().call(eng.warmup)
+            fut = self.require_scheduler().warm_up()
             await asyncio.wait_for(asyncio.wrap_future(fut), self.config.server.warmup_timeout_s)
         except asyncio.CancelledError:
             raise
@@ -158,6 +203,10 @@ class Hub:
             log.exception("engine warm-up failed")
             return
         self.warmup_s = round(time.perf_counter() - t0, 3)
+        calibrations = [c for lane in self.require_scheduler().lanes if (c := getattr(lane, "calibration", None))]
+        if calibrations and self.admission is not None:  # the slowest worker's (synth_s, audio_s)
+            synth_s, audio_s = max(calibrations, key=lambda c: c[0] / c[1])
+            self.admission.seed(audio_s, synth_s)
         self.warm = True
         self.log_ready()
 
@@ -230,6 +279,33 @@ class Connection:
     def shutdown(self) -> None:
         self._apply(self.session.close_with("shutting_down", "server is shutting down"))
 
+    def speaking(self, now: float) -> bool:
+        """A turn in progress (text buffered, segments pending) or audio the client still plays."""
+        session = self.session
+        if not session.idle or session.chunker.buffered.strip():
+            return True
+        return self.scheduler.speaking(self.channel, now)
+
+    def playback_left_s(self, now: float) -> float | None:
+        if not self.session.idle:
+            return None
+        return self.scheduler.playback_left_s(self.channel, now)
+
+    def _refuse_turn(self) -> bool:
+        """Admission control for text that would start a new turn: refuse it (dropped) or not."""
+        if self.speaking(time.monotonic()):
+            return False  # more text of a turn in progress: no new load
+        refusal = self.hub.admit("turn", self)
+        if refusal is None:
+            return False
+        self.hub.metrics.observe_error(refusal.code)
+        self._apply([Send(OutItem(None, Error(refusal.code, refusal.message, refusal.retry_after_ms)))])
+        return True
+
+    def close_after_output(self, code: str, message: str) -> None:
+        """Close with ``code`` once everything already queued (audio included) is sent."""
+        self._apply(self.session.close_after_output(code, message))
+
     # ------------------------------------------------------------------ actions
 
     def _apply(self, actions: list[Action]) -> None:
@@ -260,6 +336,8 @@ class Connection:
             self._apply(self.session.on_worker_event(SegmentFailed(action.request, exc.code, exc.message)))
 
     def _on_worker_event(self, event: WorkerEvent) -> None:
+        if isinstance(event, SegmentFinished) and self.hub.admission is not None:
+            self.hub.admission.observe(event.audio_s, event.synth_s)
         if self.closed:
             return
         try:
@@ -274,11 +352,19 @@ class Connection:
     async def _reader(self) -> None:
         session = self.session
         idle_s = self.hub.config.server.idle_timeout_s
+        start_by = time.monotonic() + self.hub.config.server.start_timeout_s
         while True:
+            new = session.phase is Phase.NEW
             try:
-                message = await asyncio.wait_for(self.ws.receive(), idle_s)
+                wait_s = max(0.0, start_by - time.monotonic()) if new else idle_s
+                message = await asyncio.wait_for(self.ws.receive(), wait_s)
             except TimeoutError:
-                if session.idle and session.phase is not Phase.CLOSED:
+                if new:
+                    s = self.hub.config.server.start_timeout_s
+                    self.hub.metrics.observe_error("start_timeout")
+                    self.hub.metrics.observe_refusal("start_timeout")
+                    self._apply(session.close_with("start_timeout", f"no start or text within {s:g} s"))
+                elif session.idle and session.phase is not Phase.CLOSED:
                     self._apply(session.close_with("idle_timeout", f"no message for {idle_s:g} s"))
                 continue
             if message["type"] == "websocket.disconnect":
@@ -292,6 +378,8 @@ class Connection:
                 except ProtocolError as exc:
                     actions = session.on_error(exc)
                 else:
+                    if isinstance(parsed, Text) and self._refuse_turn():
+                        continue
                     try:
                         actions = session.on_message(parsed)
                     except Exception:

@@ -52,14 +52,21 @@ _KINDS = (
     ErrorKind("already_started", None, True, "start must be the first message of a session"),
     ErrorKind("busy", None, False, "too many segments waiting; this text was not accepted, resend later"),
     ErrorKind("idle_timeout", CLOSE_NORMAL, False, "no message for idle_timeout_s while idle"),
+    ErrorKind("start_timeout", CLOSE_POLICY_VIOLATION, False, "no start or text within start_timeout_s"),
     ErrorKind("too_many_errors", CLOSE_POLICY_VIOLATION, False, "too many protocol errors"),
     ErrorKind("overloaded", CLOSE_TRY_AGAIN_LATER, False, "the server has max_sessions sessions open"),
+    # admission control: on connect followed by close 1013; on a new turn the text is dropped and
+    # the session stays open (both carry retry_after_ms)
+    ErrorKind("over_capacity", None, False, "the server is at capacity; retry after retry_after_ms"),
     ErrorKind("internal_error", CLOSE_INTERNAL_ERROR, False, "unexpected server error (logged)"),
     ErrorKind("shutting_down", CLOSE_GOING_AWAY, False, "the server is shutting down"),
     # engine errors (engine.base.EngineError.code): one segment failed, the session continues
     ErrorKind("engine_error", None, False, "the engine failed on one segment"),
     ErrorKind("engine_fault", None, False, "unexpected engine failure on one segment (logged); it is skipped"),
     ErrorKind("out_of_memory", None, False, "the device ran out of memory even for this segment alone; it is skipped"),
+    ErrorKind("engine_timeout", None, False, "the engine hung on one segment; its worker was replaced"),
+    ErrorKind("worker_crashed", None, False, "the engine worker process died during one segment"),
+    ErrorKind("worker_restarted", None, False, "a segment in progress on a lost engine worker was dropped"),
     ErrorKind("weights_not_found", None, False, "the engine's model files are missing"),
     ErrorKind("checkpoint_error", None, False, "the engine's checkpoint does not load"),
     ErrorKind("invalid_voice", None, False, "the voice's reference clip is unusable"),

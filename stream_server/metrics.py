@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
@@ -54,6 +61,12 @@ class ServerMetrics:
             "stream_tts_batch_rows", "Items per engine step of a batching engine", ["kind"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
         )
+        # reliability (docs/RELIABILITY.md); live gauges (queues, outboxes, tasks) in live_metrics
+        self.refusals = Counter(
+            "stream_tts_refusals", "Connections or sessions refused or cut before they started, by reason",
+            ["reason"], registry=r,
+        )
+        self.process = ProcessCollector(registry=r)  # process_resident_memory_bytes, _open_fds, ...
 
     def observe_ttfa(self, seconds: float) -> None:
         self.ttfa.observe(seconds)
@@ -73,6 +86,9 @@ class ServerMetrics:
 
     def observe_step(self, kind: str, rows: int, seconds: float) -> None:
         self.batch_rows.labels(kind=kind).observe(rows)
+
+    def observe_refusal(self, reason: str) -> None:
+        self.refusals.labels(reason=reason).inc()
 
     def render(self) -> bytes:
         """Prometheus text exposition format."""

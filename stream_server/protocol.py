@@ -150,6 +150,7 @@ class Error:
     type: ClassVar[str] = "error"
     code: str
     message: str
+    retry_after_ms: int | None = None  # over_capacity only: when a retry may be admitted (omitted if None)
 
 
 ServerMessage = Ready | SegmentStarted | SegmentDone | Flushed | Cleared | Done | Error
@@ -280,6 +281,8 @@ def _rounded(value: Any) -> Any:
 def encode_server_message(msg: ServerMessage) -> str:
     """JSON text of a server message, ``type`` first."""
     body = {name: _rounded(value) for name, value in asdict(msg).items()}
+    if isinstance(msg, Error) and msg.retry_after_ms is None:
+        del body["retry_after_ms"]
     return json.dumps({"type": msg.type, **body}, ensure_ascii=False, separators=(",", ":"))
 
 

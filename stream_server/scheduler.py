@@ -10,6 +10,10 @@ text; a session that is playing has deadline = playback start + seconds of audio
 writer catches up (``note_written``). Within a session jobs run in order, one at a time, so segment
 k+1 is synthesized while k streams. ``cancel`` drops a session's queued jobs and stops the in-flight
 one at its next chunk (its generator is closed on the worker thread).
+
+Where jobs run is a ``Lane`` (``stream_server.lanes``): one ``ThreadLane`` (everything on the one
+worker thread), or one ``ProcessLane`` per engine worker process, each driven by its own scheduler
+thread that picks by the same EDF rule; a started job stays on its lane until it ends.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -28,9 +33,10 @@ import numpy as np
 
 from engine.audio import SegmentShaper
 from engine.base import Engine, EngineError, SynthOptions
-from engine.codec import encoded_seconds, make_encoder
+from engine.codec import encoded_seconds
 from engine.config import AudioConfig
 from stream_server.errors import SessionLimitError
+from stream_server.lanes import Lane, ThreadLane, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +106,17 @@ class Channel:
         return self.clock_start + self.produced_s
 
 
+_job_ids = iter(range(1, 1 << 62))  # next() is atomic under the GIL
+
+
 @dataclass(eq=False)
 class _Job:
     request: SynthRequest
     channel: Channel
+    job_id: int = field(default_factory=lambda: next(_job_ids))
+    lane: int | None = None  # the lane that started it (its state lives there); None = not started
+    running: bool = False  # a lane is advancing it right now
+    worker_epoch: int | None = None  # process lanes: the worker generation that opened it
     gen: Iterator[np.ndarray] | None = None
     shaper: SegmentShaper | None = None
     encoder: Any = None
@@ -117,16 +130,20 @@ def packet_seconds(request: SynthRequest, packet: bytes, frame_ms: float) -> flo
     return encoded_seconds(request.format, request.sample_rate, packet, frame_ms)
 
 
-def pick_next(channels: Iterable[Channel], max_ahead_s: float) -> _Job | None:
+def pick_next(channels: Iterable[Channel], max_ahead_s: float, lane: int | None = None) -> _Job | None:
     """Earliest deadline first: the head job of the unparked channel that needs audio soonest.
 
     A channel is parked while it has produced ``max_ahead_s`` or more audio the writer has not
-    written yet. Ties keep channel order (first opened first).
+    written yet. Ties keep channel order (first opened first). With ``lane``: only jobs that are
+    not running and are either not started or started on that lane.
     """
     best: _Job | None = None
     best_deadline = 0.0
     for ch in channels:
         if not ch.jobs or ch.produced_s - ch.written_s >= max_ahead_s:
+            continue
+        head = ch.jobs[0]
+        if lane is not None and (head.running or head.lane not in (None, lane)):
             continue
         deadline = ch.deadline()
         if best is None or deadline < best_deadline:
@@ -134,14 +151,21 @@ def pick_next(channels: Iterable[Channel], max_ahead_s: float) -> _Job | None:
     return best
 
 
+def missed_deadline(channel: Channel, now: float) -> bool:
+    """A playing session (past its start-up cushion) whose client has run dry by ``now``: the
+    server is behind real time."""
+    return channel.clock_start is not None and channel.produced_s >= STARTUP_CUSHION_S and now > channel.deadline()
+
+
 class Scheduler:
-    """Owns the engine worker thread.
+    """Owns the engine worker thread(s).
 
     Args:
         engine: the engine; only the worker thread calls it after ``start``.
         audio: audio post and codec settings.
         max_jobs: bound of the job table across sessions (a full table answers ``busy``).
         max_ahead_s: per-session limit of audio produced but not yet written.
+        lanes: where jobs run, one scheduler thread each; default one ``ThreadLane`` on ``engine``.
     """
 
     def __init__(
@@ -152,19 +176,25 @@ class Scheduler:
         max_jobs: int,
         max_ahead_s: float,
         on_fault: Callable[[str], None] | None = None,
+        lanes: list[Lane] | None = None,
     ) -> None:
         self.engine = engine
         self.on_fault = on_fault or (lambda kind: None)  # counts engine faults ("exception", "oom")
         self.audio = audio
         self.max_jobs = max_jobs
         self.max_ahead_s = max_ahead_s
+        self.lanes: list[Lane] = lanes or [ThreadLane(engine, audio)]
+        self._threads: list[threading.Thread] = []
+        self._ready: concurrent.futures.Future[float] = concurrent.futures.Future()
+        self._n_ready = 0
+        self.deadline_misses = 0  # jobs picked after their playing client had run dry
+        self.last_miss_s = -math.inf  # monotonic time of the latest miss (admission control)
         self._cond = threading.Condition()
         self._channels: list[Channel] = []
         self._n_jobs = 0
         self._to_close: list[_Job] = []
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._stopping = False
-        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._posted_lock = threading.Lock()  # guards _posted and _wake_pending (never held long)
         self._posted: deque[tuple[Channel, WorkerEvent]] = deque()
@@ -174,8 +204,17 @@ class Scheduler:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
-        self._thread.start()
+        for lane in self.lanes:
+            thread = threading.Thread(target=self._run, args=(lane,), name=lane.name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def warm_up(self) -> concurrent.futures.Future[Any]:
+        """Warm the engine up: on the engine thread (``call(engine.warmup)``), or, with worker
+        processes, done when every worker has started (each warms its own engine up)."""
+        if isinstance(self.lanes[0], ThreadLane):
+            return self.call(self.engine.warmup)
+        return self._ready
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the worker (in-flight work stops at its next chunk) and join it."""
@@ -184,17 +223,18 @@ class Scheduler:
             for ch in self._channels:
                 self._cancel_locked(ch)
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.error("engine worker did not stop within %.0f s", timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.error("engine worker %s did not stop within %.0f s", thread.name, timeout_s)
 
     def alive(self) -> bool:
-        """The worker thread is running (health checks)."""
-        return self._thread is not None and self._thread.is_alive()
+        """Every lane's worker thread is running (health checks)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
-        """Run ``fn`` on the worker thread between chunks (warm-up); await it with wrap_future."""
+        """Run ``fn`` on the first lane's thread between chunks (warm-up); await it with wrap_future."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._cond:
             if len(self._calls) >= 8:
@@ -258,34 +298,66 @@ class Scheduler:
         with self._cond:
             return len(self._channels)
 
+    def speaking(self, channel: Channel, now: float) -> bool:
+        """The session needs the engine: jobs queued or running, or audio its client still plays."""
+        with self._cond:
+            if channel.jobs or channel.produced_s > channel.written_s:
+                return True
+            return channel.clock_start is not None and now < channel.clock_start + channel.produced_s
+
+    def playback_left_s(self, channel: Channel, now: float) -> float | None:
+        """Seconds until the client of an idle channel has played everything (None: jobs queued)."""
+        with self._cond:
+            if channel.jobs:
+                return None
+            if channel.clock_start is None:
+                return 0.0
+            return max(0.0, channel.clock_start + channel.produced_s - now)
+
     # ------------------------------------------------------------------ shared helpers (lock held)
 
     def _cancel_locked(self, channel: Channel) -> None:
         for job in channel.jobs:
             job.cancelled = True
-            self._to_close.append(job)
+            if job.lane is not None:  # started: its lane releases its state
+                self._to_close.append(job)
         self._n_jobs -= len(channel.jobs)
         channel.jobs.clear()
         channel.clock_start = None
         channel.produced_s = channel.written_s = 0.0
 
-    def _pick_locked(self) -> _Job | None:
-        return pick_next(self._channels, self.max_ahead_s)
+    def _pick_locked(self, lane: Lane) -> tuple[_Job, bool] | None:
+        job = pick_next(self._channels, self.max_ahead_s, lane.index)
+        if job is None:
+            return None
+        job.running = True
+        job.lane = lane.index
+        now = time.monotonic()
+        if missed_deadline(job.channel, now):
+            self.deadline_misses += 1
+            self.last_miss_s = now
+        # nothing of this session is playing: its listener waits for this
+        return job, job.channel.clock_start is None
 
     # ------------------------------------------------------------------ worker thread
 
-    def _run(self) -> None:
+    def _run(self, lane: Lane) -> None:
+        if not self._start_lane(lane):
+            return
         while True:
+            lane.recover()  # a worker lost in the last step is replaced before the next pick
             with self._cond:
                 while True:
-                    to_close, self._to_close = self._to_close, []
-                    call = self._calls.popleft() if self._calls else None
-                    job = None if (call or self._stopping) else self._pick_locked()
-                    if to_close or call or job or self._stopping:
+                    to_close = [j for j in self._to_close if j.lane == lane.index and not j.running]
+                    if to_close:
+                        self._to_close = [j for j in self._to_close if j not in to_close]
+                    call = self._calls.popleft() if self._calls and lane is self.lanes[0] else None
+                    picked = None if (call or self._stopping) else self._pick_locked(lane)
+                    if to_close or call or picked or self._stopping:
                         break
                     self._cond.wait(_IDLE_WAIT_S)
-            for old in to_close:
-                self._close_job(old)
+            if to_close:
+                lane.close_jobs(to_close)
             if call is not None:
                 fn, fut = call
                 if fut.set_running_or_notify_cancel():
@@ -293,52 +365,43 @@ class Scheduler:
                         fut.set_result(fn())
                     except BaseException as exc:  # handed to the awaiting coroutine
                         fut.set_exception(exc)
-            elif job is not None:
-                self._step(job)
+            elif picked is not None:
+                self._step(lane, *picked)
             elif self._stopping:
                 break
-        for fn_fut in self._calls:
-            fn_fut[1].cancel()
+        if lane is self.lanes[0]:
+            for fn_fut in self._calls:
+                fn_fut[1].cancel()
+        lane.stop()
 
-    @staticmethod
-    def _close_job(job: _Job) -> None:
-        if job.gen is not None and hasattr(job.gen, "close"):
-            try:
-                job.gen.close()  # engines release per-request state in a finally
-            except Exception:
-                log.exception("engine generator raised on close")
-        job.gen = None
-
-    def _advance(self, job: _Job) -> tuple[list[bytes], bool]:
-        """One engine chunk through the audio post and the encoder: (packets, segment finished)."""
-        req = job.request
-        if job.gen is None:
-            with self._cond:  # nothing of this session is playing: its listener waits for this
-                fast_start = job.channel.clock_start is None
-            job.encoder = make_encoder(
-                req.format, req.sample_rate, self.audio, self.engine.sample_rate, bitrate=req.bitrate
-            )
-            job.shaper = SegmentShaper(
-                self.engine.sample_rate, self.audio.fade_in_ms, self.audio.fade_out_ms, self.audio.pause_ms
-            )
-            job.gen = iter(
-                self.engine.synthesize(req.text, req.voice, req.options, fast_start=fast_start)
-            )
-        assert job.shaper is not None
+    def _start_lane(self, lane: Lane) -> bool:
+        """Start a lane on its own thread; the ``ready`` future learns when all have started."""
+        t0 = time.perf_counter()
         try:
-            chunk = next(job.gen)
-        except StopIteration:
-            tail = job.encoder.encode(job.shaper.finish())
-            return tail + job.encoder.flush(), True
-        return job.encoder.encode(job.shaper.process(chunk)), False
+            lane.start()
+        except BaseException as exc:
+            log.error("engine lane %s failed to start: %s", lane.name, exc)
+            with self._cond:
+                if not self._ready.done():
+                    self._ready.set_exception(exc)
+            return False
+        with self._cond:
+            self._n_ready += 1
+            if self._n_ready == len(self.lanes) and not self._ready.done():
+                self._ready.set_result(time.perf_counter() - t0)
+        return True
 
-    def _step(self, job: _Job) -> None:
+    def _step(self, lane: Lane, job: _Job, fast_start: bool) -> None:
         t0 = time.perf_counter()
         failure: tuple[str, str] | None = None
         packets: list[bytes] = []
-        finished = False
+        finished = lost = False
         try:
-            packets, finished = self._advance(job)
+            packets, finished = lane.advance(job, fast_start)
+        except WorkerLost as exc:
+            log.warning("session %s segment %d: %s: %s", job.channel.session_id, job.request.index,
+                        exc.code, exc.message)
+            failure, lost = (exc.code, exc.message), True
         except EngineError as exc:
             log.info("session %s segment %d: engine error %s: %s", job.channel.session_id,
                      job.request.index, exc.code, exc)
@@ -353,8 +416,11 @@ class Scheduler:
         audio_s = sum(packet_seconds(job.request, p, frame_ms) for p in packets)
         events: list[WorkerEvent] = []
         with self._cond:
-            if job.cancelled:
-                self._close_job(job)
+            job.running = False
+            orphans = self._orphans_locked(lane, job) if lost else []
+            if job.cancelled:  # _cancel_locked queued it for its lane to close
+                self._cond.notify_all()
+                self._post_all(orphans)
                 return
             ch = job.channel
             job.synth_s += elapsed
@@ -367,16 +433,35 @@ class Scheduler:
             if failure is not None or finished:
                 ch.jobs.popleft()
                 self._n_jobs -= 1
+            self._cond.notify_all()  # the channel's next job may run on any lane now
         if packets and failure is None:
             events.append(SegmentAudio(job.request, tuple(packets), audio_s))
-        if failure is not None:
-            self._close_job(job)
+        if failure is not None:  # the lane has released the job's state already
             events.append(SegmentFailed(job.request, *failure))
         elif finished:
             job.gen = None
             events.append(SegmentFinished(job.request, job.audio_s, job.synth_s))
         for event in events:
             self._post(job.channel, event)
+        self._post_all(orphans)
+
+    def _orphans_locked(self, lane: Lane, lost_job: _Job) -> list[tuple[Channel, WorkerEvent]]:
+        """Fail every other job started on a lane whose worker was lost (its state died with it)."""
+        out: list[tuple[Channel, WorkerEvent]] = []
+        for ch in self._channels:
+            head = ch.jobs[0] if ch.jobs else None
+            if head is None or head is lost_job or head.lane != lane.index:
+                continue
+            ch.jobs.popleft()
+            self._n_jobs -= 1
+            message = "the engine worker of this segment was lost; the next segments go on"
+            out.append((ch, SegmentFailed(head.request, "worker_restarted", message)))
+        self._to_close = [j for j in self._to_close if j.lane != lane.index]
+        return out
+
+    def _post_all(self, events: list[tuple[Channel, WorkerEvent]]) -> None:
+        for channel, event in events:
+            self._post(channel, event)
 
     def _post(self, channel: Channel, event: WorkerEvent) -> None:
         """Hand an event to the loop. One wake-up per batch: each ``call_soon_threadsafe`` writes

@@ -139,6 +139,15 @@ class Session:
         """No work queued or in flight (idle timeout applies only then)."""
         return not self.utterance.backlog and self.utterance.in_flight == 0
 
+    @property
+    def mid_turn(self) -> bool:
+        """A turn is under way: text not yet reported by ``flushed``, or work queued or in flight."""
+        utt = self.utterance
+        return bool(
+            utt.backlog or utt.in_flight or utt.closing or utt.turn.segments
+            or self.chunker.buffered.strip()
+        )
+
     def on_message(self, msg: ClientMessage) -> list[Action]:
         """Handle one parsed client message."""
         now = self.clock()
@@ -192,6 +201,12 @@ class Session:
             Send(OutItem(None, Error(code, message))),
             Close(close_code, code, drain=False),
         ]
+
+    def close_after_output(self, code: str, message: str) -> list[Action]:
+        """Error ``code`` then its close, after everything already queued (audio included)."""
+        self.phase = Phase.CLOSED
+        close_code = error_kind(code).close_code or CLOSE_NORMAL
+        return [Send(OutItem(None, Error(code, message))), Close(close_code, code, drain=True)]
 
     def on_worker_event(self, event: WorkerEvent) -> list[Action]:
         """Results from the engine thread for this session (stale generations are ignored)."""

@@ -234,3 +234,24 @@ def test_opus_packets_equal_opuslibs_own_encoder() -> None:
     ref.complexity = 5
     expected = [ref.encode_float(x[i : i + 480].tobytes(), 480) for i in range(0, SR // 2, 480)]
     assert ours.encode(x) == expected
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(22050, 24000), (24000, 16000), (24000, 44100)])
+def test_sinc_kernel_is_torchaudios(in_rate: int, out_rate: int) -> None:
+    from engine.codec import _sinc_kernel
+
+    kernel, width = _sinc_kernel(in_rate, out_rate)
+    ref = torchaudio.transforms.Resample(in_rate, out_rate)
+    assert width == ref.width
+    # numpy's and torch's sin/cos differ in the last float32 bits
+    np.testing.assert_allclose(kernel, ref.kernel[:, 0, :].numpy(), atol=1e-5)
+
+
+def test_codec_and_espeak_do_not_import_torch() -> None:
+    """Engine worker processes import these; torch would cost seconds and ~700 MB per process."""
+    import subprocess
+    import sys
+
+    code = "import sys, engine.codec, engine.audio, engine.espeak; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

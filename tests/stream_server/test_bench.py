@@ -142,20 +142,21 @@ def synthetic_level() -> dict[str, object]:
             underruns=0,
         ),
         ClientResult(2, 0, error="OSError: boom"),
+        ClientResult(2, 1, refused="over_capacity"),
     ]
     return summarize_level(2, results)
 
 
 def test_summarize_level_counts_errors_and_aggregates() -> None:
     lv = synthetic_level()
-    assert (lv["clients"], lv["utterances"], lv["errors"]) == (2, 3, 1)
+    assert (lv["clients"], lv["utterances"], lv["errors"], lv["refused"]) == (2, 4, 1, 1)
     assert lv["client_ttfa_ms"]["p50"] == pytest.approx(16.0)  # type: ignore[index]
     assert lv["server_ttfa_ms"]["n"] == 2  # type: ignore[index]
     assert lv["segment_rtf"]["n"] == 3  # type: ignore[index]
     assert lv["underruns"]["total"] == 1  # type: ignore[index]
     table = format_table([lv])  # type: ignore[list-item]
     assert "client TTFA" in table
-    assert table.splitlines()[2].split()[:3] == ["2", "3", "1"]
+    assert table.splitlines()[2].split()[:4] == ["2", "4", "1", "1"]
 
 
 def test_json_and_plot_are_written(tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_json_and_plot_are_written(tmp_path: Path) -> None:
     write_json(tmp_path / "r.json", {"url": "ws://x"}, [lv, empty])  # type: ignore[list-item]
     data = json.loads((tmp_path / "r.json").read_text())  # NaN became null: strict JSON parses
     assert data["levels"][1]["client_ttfa_ms"]["p50"] is None
-    assert len(data["levels"][0]["results"]) == 3
+    assert len(data["levels"][0]["results"]) == 4
     write_plot(tmp_path / "r.png", [lv, empty])  # type: ignore[list-item]
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -265,4 +266,24 @@ def test_server_errors_are_reported_per_utterance(
     level = json.loads(out_json.read_text())["levels"][0]
     assert level["errors"] == 1
     assert level["results"][0]["error"].startswith("unknown_voice")
-    assert " 1     1    1 |" in capsys.readouterr().out
+    assert " 1     1    1    0 |" in capsys.readouterr().out
+
+
+def test_refused_sessions_are_counted_apart_from_errors(tmp_path: Path) -> None:
+    from stream_server.config import AppConfig, ServerConfig
+    from tests.server_fixtures import SineBurstEngine
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Hello there. A second sentence.\n")
+    out_json = tmp_path / "bench.json"
+    config = AppConfig(server=ServerConfig(port=0, max_sessions=1))
+    # the served session lasts seconds (slow engine), so the other two arrive while it is open
+    with running_server(config, SineBurstEngine(ms_per_char=100.0, delay_s=0.1)) as url:
+        args = parse("--url", ws_url(url), "--clients", "3", "--texts", str(texts), "--json", str(out_json))
+        assert bench.run(args) == 0  # refusals are not errors
+    level = json.loads(out_json.read_text())["levels"][0]
+    # at least two of three are refused (all three when the bench's own probe connection is still
+    # being closed on the server as they arrive)
+    assert level["errors"] == 0 and level["refused"] >= 2
+    assert {r["refused"] for r in level["results"]} <= {None, "overloaded"}
+    assert level["underruns"]["n"] == 3 - level["refused"]  # only served sessions are measured
