@@ -110,12 +110,12 @@ class ReferenceUnavailable(Exception):
 
 def _random_state_dict(model: str, seed: int) -> dict[str, torch.Tensor]:
     """Random DiT weights in the checkpoint key layout (before our q/k/v fusion)."""
-    from engine.f5.config import F5ModelConfig
+    from engine.f5.config import model_config_for
     from engine.f5.model import DiT
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DiT(F5ModelConfig.named(model)).state_dict()
+        return DiT(model_config_for(model)).state_dict()
 
 
 def _reference_modules() -> tuple[Any, Any, Any]:
@@ -131,6 +131,7 @@ def _reference_modules() -> tuple[Any, Any, Any]:
         pkg = types.ModuleType("f5_tts.model")
         pkg.__path__ = [os.path.join(list(spec.submodule_search_locations)[0], "model")]
         sys.modules["f5_tts.model"] = pkg
+    _stub_librosa_if_missing()
     try:
         return tuple(  # type: ignore[return-value]
             importlib.import_module(f"f5_tts.model.{name}")
@@ -138,6 +139,24 @@ def _reference_modules() -> tuple[Any, Any, Any]:
         )
     except ImportError as exc:
         raise ReferenceUnavailable(f"the reference F5-TTS cannot be imported: {exc}") from exc
+
+
+def _stub_librosa_if_missing() -> None:
+    """The reference imports ``librosa.filters.mel`` for its BigVGAN mel only; the Vocos path never
+    calls it. Where librosa is not installed (the GPU check carries no numba/llvmlite), a stub
+    module stands in and raises if it is ever called."""
+    if "librosa" in sys.modules or importlib.util.find_spec("librosa") is not None:
+        return
+
+    def mel(*_: Any, **__: Any) -> Any:
+        raise ReferenceUnavailable("librosa is not installed (the reference's BigVGAN mel needs it)")
+
+    filters = types.ModuleType("librosa.filters")
+    filters.mel = mel  # type: ignore[attr-defined]
+    librosa = types.ModuleType("librosa")
+    librosa.__path__ = []
+    librosa.filters = filters  # type: ignore[attr-defined]
+    sys.modules.update({"librosa": librosa, "librosa.filters": filters})
 
 
 class ReferenceF5:

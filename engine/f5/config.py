@@ -6,6 +6,7 @@ These describe the released checkpoints; they are not user settings (those live 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 SAMPLE_RATE = 24000  # Hz, model and vocoder rate
@@ -66,3 +67,22 @@ _NAMED: dict[str, F5ModelConfig] = {
     "F5TTS_Base": F5ModelConfig(text_mask_padding=False, pe_attn_head=1),
     "F5TTS_v1_Small": F5ModelConfig(dim=768, depth=18, heads=12),
 }
+
+# Smoke checks (scripts/device_check.sh --smoke) run the whole F5 path on CPU in seconds with a tiny
+# architecture: STREAM_TTS_F5_TINY=1 in the environment swaps it in for any model name. Random
+# weights only: no checkpoint has this shape.
+TINY_MODEL_ENV = "STREAM_TTS_F5_TINY"
+_TINY = F5ModelConfig(dim=128, depth=2, heads=4, dim_head=32, text_dim=64)
+
+
+def tiny_model_requested() -> bool:
+    """Whether the environment has ``STREAM_TTS_F5_TINY=1``."""
+    return os.environ.get(TINY_MODEL_ENV) == "1"
+
+
+def model_config_for(name: str) -> F5ModelConfig:
+    """``F5ModelConfig.named(name)``, or the tiny smoke-check architecture when the environment
+    has ``STREAM_TTS_F5_TINY=1``."""
+    if tiny_model_requested():
+        return _TINY
+    return F5ModelConfig.named(name)

@@ -43,7 +43,14 @@ from engine.base import (
 )
 from engine.config import EngineConfig
 from engine.f5.batch import BatchSampler, row_buckets
-from engine.f5.config import HOP_LENGTH, SAMPLE_RATE, F5ModelConfig
+from engine.f5.config import (
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    TINY_MODEL_ENV,
+    F5ModelConfig,
+    model_config_for,
+    tiny_model_requested,
+)
 from engine.f5.frontend import TextFrontend, estimate_frames, fix_reference_text
 from engine.f5.graphs import configure_compile_cache
 from engine.f5.loader import build_model, load_f5_state_dict, load_vocab, load_vocos
@@ -117,7 +124,8 @@ class F5Engine:
         cfg: engine settings (device, dtype, compile, nfe, cfg_strength, sway, vocoder chunking,
             voices folder, weight paths).
         model_config: architecture override (tests use a tiny one); default
-            ``F5ModelConfig.named(cfg.model)``.
+            ``model_config_for(cfg.model)`` (``F5ModelConfig.named``, or the smoke checks' tiny
+            one when ``STREAM_TTS_F5_TINY=1``: random weights only).
         weights: resolved file paths; default ``resolve_weights(cfg)`` unless ``cfg.random_weights``
             (then files are used only when found: vocab and Vocos fall back to built-ins).
         state_dict: DiT weights already in memory (takes precedence over the checkpoint file;
@@ -142,7 +150,9 @@ class F5Engine:
         self.device = resolve_device(cfg.device)
         on_cuda = self.device.startswith("cuda")
         self.dtype = _DTYPES[cfg.dtype] if on_cuda else torch.float32  # CPU always fp32
-        self.model_config = model_config or F5ModelConfig.named(cfg.model)
+        if model_config is None and tiny_model_requested() and not cfg.random_weights:
+            raise InvalidOptionError(f"{TINY_MODEL_ENV}=1 needs random weights (engine.random_weights)")
+        self.model_config = model_config or model_config_for(cfg.model)
         if cfg.nfe not in SUPPORTED_NFE:
             raise InvalidOptionError(f"engine.nfe must be one of {SUPPORTED_NFE}, got {cfg.nfe}")
         if weights is None and not cfg.random_weights:

@@ -1,25 +1,40 @@
-"""Reference-clip preprocessing for F5, as the reference does it (F5_FACTS.md 5.4):
+"""Reference-clip preprocessing for F5, sample for sample as the reference does it
+(F5_FACTS.md 5.4, ``preprocess_ref_audio_text`` then ``infer_batch_process``):
 
-1. mono (channel mean);
+1. quantized to 16-bit PCM (the reference works on the 16-bit WAV it reads and writes back);
 2. clipped to about 12 s at a silence (``clip_at_silence``);
 3. leading/trailing silence (below -42 dBFS) trimmed, 50 ms of silence appended;
-4. RMS raised to 0.1 when quieter (the original RMS is kept: F5 scales its output back by
-   ``rms / 0.1`` so a quiet voice stays quiet), then resampled to 24 kHz.
+4. mono (channel mean), RMS raised to 0.1 when quieter (the original RMS is kept: F5 scales its
+   output back by ``rms / 0.1`` so a quiet voice stays quiet), then resampled to 24 kHz.
 
-Pure array functions: no file I/O.
+Steps 2-3 measure channels interleaved, before the downmix, and work on whole milliseconds
+(``engine.f5.pcm_grid``), so the kept samples are exactly the reference's, not just close: a
+few samples more at the end change the prompt's last mel frame, and with it the whole generated
+mel. Pure array functions: no file I/O.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
 import torchaudio
 
 from engine.base import EngineError
+from engine.f5.pcm_grid import (
+    FULL_SCALE,
+    SILENCE_RATE,
+    leading_silence_ms,
+    length_ms,
+    ms_slice,
+    silence_frames,
+    split_on_silence,
+    upsample_linear,
+)
 
 SAMPLE_RATE = 24000
 TARGET_RMS = 0.1
-END_PAD_S = 0.05
 # Below this much non-silent audio (after trimming) a clip cannot condition F5 usefully.
 MIN_SPEECH_S = 0.5
 
@@ -30,110 +45,97 @@ class VoiceError(EngineError):
     code = "invalid_voice"
 
 
-# --- silence: the split-on-silence idea with numpy (levels in dBFS, full scale = 1.0) -------------
-# Clip limits of the reference: keep whole pieces between silences while the result is <= 12 s,
-# stopping only once it is over 6 s; each piece keeps up to 1 s of the silence around it.
-CLIP_MAX_S = 12.0
-CLIP_MIN_S = 6.0
-KEEP_SILENCE_S = 1.0
-SEEK_S = 0.010
-# (min silence length s, threshold dBFS): long quiet pauses first, then short louder ones
-CLIP_ATTEMPTS = ((1.0, -50.0), (0.1, -40.0))
+# Clip limits of the reference (ms): keep whole pieces between silences while the result is
+# <= 12 s, stopping only once it is over 6 s; each piece keeps up to 1 s of the silence around it.
+CLIP_MAX_MS = 12000
+CLIP_MIN_MS = 6000
+KEEP_SILENCE_MS = 1000
+SEEK_MS = 10
+# (min silence length ms, threshold dBFS): long quiet pauses first, then short louder ones
+CLIP_ATTEMPTS = ((1000, -50.0), (100, -40.0))
 TRIM_DB = -42.0
-TRIM_CHUNK_S = 0.010
+TRIM_CHUNK_MS = 10
+END_PAD_MS = 50
 
 
-def _silent_ranges(mono: np.ndarray, win: int, step: int, thresh_db: float) -> list[list[int]]:
-    """Sample ranges [start, end) covered by windows of ``win`` samples at or below ``thresh_db``.
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """float (n,) or (n, channels) in [-1, 1] -> int16 (n, channels): round(x * 32768), clipped.
 
-    Windows start every ``step`` samples (plus one flush with the end); overlapping or touching
-    silent windows merge into one range.
+    The exact inverse of reading a 16-bit file as float (x = int / 32768), so a 16-bit WAV comes
+    back unchanged; anything else is quantized as if saved as 16-bit first.
     """
-    n = len(mono)
-    if n < win or win <= 0:
-        return []
-    cumsum = np.concatenate([[0.0], np.cumsum(np.square(mono, dtype=np.float64))])
-    starts = np.arange(0, n - win + 1, step)
-    if starts[-1] != n - win:
-        starts = np.append(starts, n - win)
-    mean_power = (cumsum[starts + win] - cumsum[starts]) / win
-    thresh_power = 10.0 ** (thresh_db / 10.0)
-    ranges: list[list[int]] = []
-    for start in starts[mean_power <= thresh_power].tolist():
-        if ranges and start <= ranges[-1][1]:
-            ranges[-1][1] = start + win
-        else:
-            ranges.append([start, start + win])
-    return ranges
+    frames = audio[:, None] if audio.ndim == 1 else audio
+    scaled = np.rint(np.asarray(frames, dtype=np.float64) * FULL_SCALE)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
-def _split_on_silence(
-    mono: np.ndarray, sample_rate: int, min_silence_s: float, thresh_db: float
-) -> list[np.ndarray]:
-    """The sounding pieces of ``mono``, each padded with up to 1 s of its surrounding silence."""
-    n = len(mono)
-    win = round(min_silence_s * sample_rate)
-    silent = _silent_ranges(mono, win, max(1, round(SEEK_S * sample_rate)), thresh_db)
-    sounding: list[list[int]] = []
-    prev_end = 0
-    for start, end in silent:
-        if start > prev_end:
-            sounding.append([prev_end, start])
-        prev_end = end
-    if prev_end < n:
-        sounding.append([prev_end, n])
-    keep = round(KEEP_SILENCE_S * sample_rate)
-    padded = [[start - keep, end + keep] for start, end in sounding]
-    for left, right in zip(padded, padded[1:], strict=False):
-        if right[0] < left[1]:  # the kept silences overlap: share the gap at its middle
-            left[1] = right[0] = (left[1] + right[0]) // 2
-    return [mono[max(start, 0) : min(end, n)] for start, end in padded]
+def clip_at_silence(pcm: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
+    """Shorten an int16 (n, channels) clip to about 12 s, cutting at a silence where there is one.
 
+    Pieces between silences (>= 1 s below -50 dBFS, else >= 100 ms below -40 dBFS, windows every
+    10 ms) are kept in order while the total stays <= 12 s, stopping once it is over 6 s; silences
+    longer than 2 s shrink to 2 s. Without a usable silence the clip is cut hard at 12 s. Pieces
+    are joined as the reference joins them, onto an empty 11025 Hz segment, so a clip below
+    11025 Hz comes out raised to 11025 Hz.
 
-def clip_at_silence(mono: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Shorten a float (n,) clip to about 12 s, cutting at a silence where there is one.
-
-    Pieces between silences (>= 1 s below -50 dBFS, else >= 100 ms below -40 dBFS) are kept in
-    order while the total stays <= 12 s, stopping once it is over 6 s; silences longer than 2 s
-    shrink to 2 s. Without a usable silence the clip is cut hard at 12 s.
+    Returns (int16 (m, channels), rate of the result).
     """
-    max_len = round(CLIP_MAX_S * sample_rate)
-    min_len = round(CLIP_MIN_S * sample_rate)
-    clipped = mono
-    for min_silence_s, thresh_db in CLIP_ATTEMPTS:
-        kept: list[np.ndarray] = []
-        total = 0
-        for piece in _split_on_silence(mono, sample_rate, min_silence_s, thresh_db):
-            if total > min_len and total + len(piece) > max_len:
+    out_rate = max(rate, SILENCE_RATE)
+    clipped = pcm
+    for min_silence_ms, thresh_db in CLIP_ATTEMPTS:
+        kept: list[np.ndarray] = [np.zeros((0, pcm.shape[1]), np.int16)]
+        n_kept = 0
+        for piece in split_on_silence(pcm, rate, min_silence_ms, thresh_db, KEEP_SILENCE_MS, SEEK_MS):
+            piece = upsample_linear(piece, rate, out_rate)
+            if (
+                length_ms(n_kept, out_rate) > CLIP_MIN_MS
+                and length_ms(n_kept + piece.shape[0], out_rate) > CLIP_MAX_MS
+            ):
                 break
             kept.append(piece)
-            total += len(piece)
-        clipped = np.concatenate(kept) if kept else mono[:0]
-        if len(clipped) <= max_len:
-            return clipped
-    return clipped[:max_len]
+            n_kept += piece.shape[0]
+        clipped = np.concatenate(kept)
+        if length_ms(n_kept, out_rate) <= CLIP_MAX_MS:
+            return clipped, out_rate
+    return ms_slice(clipped, out_rate, 0, CLIP_MAX_MS), out_rate
 
 
-def _leading_silence(mono: np.ndarray, chunk: int, thresh_db: float) -> int:
-    """Samples before the first ``chunk``-sized block whose level reaches ``thresh_db``."""
-    n = len(mono)
-    n_chunks = -(-n // chunk)
-    padded = np.zeros(n_chunks * chunk, dtype=np.float64)
-    padded[:n] = np.square(mono, dtype=np.float64)
-    lengths = np.full(n_chunks, chunk, dtype=np.float64)
-    if n_chunks:
-        lengths[-1] = n - (n_chunks - 1) * chunk
-    mean_power = padded.reshape(n_chunks, chunk).sum(axis=1) / lengths
-    loud = np.flatnonzero(mean_power >= 10.0 ** (thresh_db / 10.0))
-    return int(loud[0]) * chunk if loud.size else n
+def trim_silence(pcm: np.ndarray, rate: int, thresh_db: float = TRIM_DB) -> np.ndarray:
+    """``pcm`` (int16 (n, channels)) without its leading and trailing silence: 10 ms blocks below
+    ``thresh_db`` dBFS counted from each end, the cut made on the millisecond grid."""
+    head_ms = leading_silence_ms(pcm, rate, thresh_db, TRIM_CHUNK_MS)
+    pcm = ms_slice(pcm, rate, head_ms, length_ms(pcm.shape[0], rate))
+    tail_ms = leading_silence_ms(pcm[::-1], rate, thresh_db, TRIM_CHUNK_MS)
+    if tail_ms > 0:
+        pcm = ms_slice(pcm, rate, 0, length_ms(pcm.shape[0], rate) - tail_ms)
+    return pcm
 
 
-def trim_silence(mono: np.ndarray, sample_rate: int, thresh_db: float = TRIM_DB) -> np.ndarray:
-    """``mono`` without leading and trailing 10 ms blocks quieter than ``thresh_db`` dBFS."""
-    chunk = max(1, round(TRIM_CHUNK_S * sample_rate))
-    mono = mono[_leading_silence(mono, chunk, thresh_db) :]
-    tail = _leading_silence(mono[::-1], chunk, thresh_db)
-    return mono[: len(mono) - tail]
+def reference_pcm(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
+    """Steps 1-3 of the module docstring: the 16-bit clip the reference writes to its temp WAV.
+
+    Args:
+        audio: float (n,) mono or (n, channels) samples in [-1, 1] at ``sample_rate``.
+        sample_rate: Hz.
+
+    Returns:
+        (int16 (m, channels) clipped, trimmed and padded clip, its rate: ``sample_rate``, or 11025
+        for lower rates).
+
+    Raises:
+        VoiceError: empty, non-finite, silent, or less than 0.5 s of sound.
+    """
+    if audio.ndim not in (1, 2) or audio.size == 0:
+        raise VoiceError("audio is empty")
+    if not np.isfinite(audio).all():
+        raise VoiceError("audio contains NaN or infinite samples")
+    pcm, rate = clip_at_silence(to_pcm16(audio), int(sample_rate))
+    pcm = trim_silence(pcm, rate)
+    if pcm.shape[0] == 0:
+        raise VoiceError(f"audio is silent (nothing above {TRIM_DB:g} dBFS)")
+    if pcm.shape[0] < MIN_SPEECH_S * rate:
+        raise VoiceError(f"audio has less than {MIN_SPEECH_S:g} s of sound")
+    return np.concatenate([pcm, silence_frames(END_PAD_MS, rate, pcm.shape[1])]), rate
 
 
 def prepare_reference_audio(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:
@@ -144,36 +146,35 @@ def prepare_reference_audio(audio: np.ndarray, sample_rate: int) -> tuple[np.nda
         sample_rate: Hz.
 
     Returns:
-        (float32 (m,) mono 24 kHz clip, original RMS of the clipped and trimmed mono audio).
+        (float32 (m,) mono 24 kHz clip, original RMS of the clipped and trimmed mono audio, as
+        float32 arithmetic gives it).
 
     Raises:
-        VoiceError: the clip is silent or has less than 0.5 s of sound.
+        VoiceError: the clip is empty, silent or has less than 0.5 s of sound.
     """
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
-    if audio.ndim != 1 or audio.size == 0:
-        raise VoiceError("audio is empty")
-    mono = np.asarray(audio, dtype=np.float32)
-    if not np.isfinite(mono).all():
-        raise VoiceError("audio contains NaN or infinite samples")
-    mono = clip_at_silence(mono, sample_rate)
-    mono = trim_silence(mono, sample_rate)
-    if len(mono) == 0:
-        raise VoiceError(f"audio is silent (nothing above {TRIM_DB:g} dBFS)")
-    if len(mono) < MIN_SPEECH_S * sample_rate:
-        raise VoiceError(f"audio has less than {MIN_SPEECH_S:g} s of sound")
-    mono = np.concatenate([mono, np.zeros(round(END_PAD_S * sample_rate), np.float32)])
-
-    # Same order as the reference: RMS measured and raised at the source rate, then resampled.
-    rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+    pcm, rate = reference_pcm(audio, sample_rate)
+    # From here on in float32 torch arithmetic, in the reference's order: channel mean, RMS
+    # measured and raised at the clip's rate, then resampled.
+    wave = torch.from_numpy(np.ascontiguousarray(pcm.T, dtype=np.float32) / np.float32(FULL_SCALE))
+    if wave.shape[0] > 1:  # (channels, m)
+        wave = torch.mean(wave, dim=0, keepdim=True)
+    rms = torch.sqrt(torch.mean(torch.square(wave)))
     if rms < TARGET_RMS:
-        mono = mono * np.float32(TARGET_RMS / rms)
-    return to_24k(mono, sample_rate), rms
+        wave = wave * TARGET_RMS / rms
+    return to_24k(wave.squeeze(0).numpy(), rate), float(rms)
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(sample_rate: int) -> torchaudio.transforms.Resample:
+    # the transform, not torchaudio.functional.resample: its kernel is made differently and the
+    # results differ by ~2e-6, and the reference uses the transform
+    return torchaudio.transforms.Resample(sample_rate, SAMPLE_RATE)
 
 
 def to_24k(mono: np.ndarray, sample_rate: int) -> np.ndarray:
     """float32 (n,) at ``sample_rate`` -> float32 (m,) at 24 kHz (torchaudio's default sinc)."""
     if sample_rate != SAMPLE_RATE:
         waveform = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32)).unsqueeze(0)
-        mono = torchaudio.functional.resample(waveform, sample_rate, SAMPLE_RATE).squeeze(0).numpy()
+        with torch.inference_mode():
+            mono = _resampler(sample_rate)(waveform).squeeze(0).numpy()
     return np.ascontiguousarray(mono, dtype=np.float32)

@@ -29,7 +29,7 @@ from engine.f5.reference_audio import (
     SAMPLE_RATE,
     VoiceError,
     prepare_reference_audio,
-    to_24k,
+    to_pcm16,
 )
 
 __all__ = [
@@ -203,10 +203,12 @@ class VoiceStore:
         return voice
 
     def add(self, name: str, audio_bytes: bytes, text: str) -> PreparedVoice:
-        """Validate an upload and save it as ``NAME.wav`` (mono float32, 24 kHz) + ``NAME.txt``.
+        """Validate an upload and save it as ``NAME.wav`` + ``NAME.txt``.
 
-        The audio is kept whole (only downmixed and resampled); preprocessing runs here once to
-        reject unusable clips and again, cached, in ``prepare``.
+        The audio is kept whole, at its own rate and channels, as 16-bit PCM (the format the
+        preprocessing works in), so the stored file is what the reference F5-TTS would preprocess
+        into the same prompt. Preprocessing runs here once to reject unusable clips and again,
+        cached, in ``prepare`` (with the same result).
 
         Returns the prepared voice (its ``duration_s`` is what F5 will use).
 
@@ -221,10 +223,9 @@ class VoiceStore:
             raise VoiceTooLargeError(f"audio is larger than {self.max_upload_bytes} bytes")
         text = _normalize_text(text)
         audio, sample_rate = self._decode(audio_bytes)
-        mono = audio.mean(axis=1, dtype=np.float32)
-        prepared, rms = prepare_reference_audio(mono, sample_rate)
+        prepared, rms = prepare_reference_audio(audio, sample_rate)
         buf = io.BytesIO()
-        sf.write(buf, to_24k(mono, sample_rate), SAMPLE_RATE, format="WAV", subtype="FLOAT")
+        sf.write(buf, to_pcm16(audio), sample_rate, format="WAV", subtype="PCM_16")
 
         wav_path, txt_path = self._paths(name)
         with self._lock:

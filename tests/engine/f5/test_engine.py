@@ -77,8 +77,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[ResolvedWeights, Pa
     voices = root / "voices"
     voices.mkdir()
     write_voice(voices, "alice", 0.5)
-    write_voice(voices, "quiet5", 0.05)
-    write_voice(voices, "quiet2", 0.02)
+    # 16-bit values in an exact 2.5 ratio: preprocessing quantizes to 16 bits, and different
+    # rounding would give the model different prompts (quiet2 is even, so quiet5 is exact)
+    quiet2 = 2 * np.round(voice_wave(1.2, 0.02) * 16384)
+    for name, scale in (("quiet2", 1.0), ("quiet5", 2.5)):
+        sf.write(voices / f"{name}.wav", quiet2 * scale / 32768, 24000, subtype="FLOAT")
+        (voices / f"{name}.txt").write_text("Some reference words.")
     return weights, voices
 
 
