@@ -119,8 +119,6 @@ class ServerConfig:
             raise ValueError("server.key_max_sessions and key_requests_per_minute must be >= 0")
         if self.max_message_chars > self.max_session_chars:
             raise ValueError("server.max_message_chars must be <= server.max_session_chars")
-        if self.openai_max_input_chars > self.max_session_chars:
-            raise ValueError("server.openai_max_input_chars must be <= server.max_session_chars")
         for alias in self.openai_voice_aliases:
             name, sep, target = alias.partition("=")
             if not sep or not name.strip() or not target.strip():

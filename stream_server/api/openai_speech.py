@@ -145,6 +145,8 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
                     started = True
                     yield out
         stream.written(batch)  # after the yields: the pieces have been sent
+    if opened is not None:  # no audio came: the codec may still be opening on its thread
+        await opened
     if encoder.samples_in == 0:  # nothing speakable (only emoji or punctuation): a valid, short file
         silence = bytes(_SILENCE_BYTES)
         out = encoder.encode(silence) if encoder.passthrough else await loop.run_in_executor(
@@ -215,8 +217,9 @@ def create_openai_router(hub: Hub, *, dependencies: Sequence[Any] = ()) -> APIRo
     async def create_speech(body: SpeechRequest) -> Response:
         check_capacity()
         engine = hub.require_engine()
-        if len(body.input) > server.openai_max_input_chars:
-            raise OpenAIError(400, f"'input' is longer than {server.openai_max_input_chars} characters.",
+        limit = min(server.openai_max_input_chars, server.max_session_chars)  # one session's text
+        if len(body.input) > limit:
+            raise OpenAIError(400, f"'input' is longer than {limit} characters.",
                               param="input", code="string_above_max_length")
         if not body.input.strip():
             raise OpenAIError(400, "'input' has nothing to speak.", param="input", code="invalid_value")
