@@ -31,6 +31,7 @@ import contextlib
 import importlib
 import itertools
 import logging
+import math
 import secrets
 import signal
 import threading
@@ -45,7 +46,7 @@ from fastapi.responses import JSONResponse
 
 from engine.base import Engine
 from engine.config import EngineConfig
-from stream_server.auth import AccessControl, Principal, SessionLease
+from stream_server.auth import _Bucket
 from stream_server.config import (
     AppConfig,
     ServerConfig,
@@ -228,12 +229,14 @@ class ClusterStateImpl:
     """State of the whole deployment (a named actor): which replicas are up and where their
     metrics are (refreshed by each replica's health check; a replica silent ``_REPLICA_TTL_S``
     drops out), and the per-key limits all replicas share (``auth.SharedLimits``); the session
-    leases of a replica that dropped out are released with it."""
+    leases of a replica that dropped out are released with it. The limits come with each call
+    (the replica's config), so a redeploy with new limits applies at once."""
 
-    def __init__(self, server: ServerConfig | None = None) -> None:
+    def __init__(self) -> None:
         self._entries: dict[str, tuple[dict[str, str], float]] = {}
-        self._access = AccessControl(server, ()) if server is not None else None
-        self._leases: dict[str, tuple[str, SessionLease]] = {}  # lease id -> (replica, lease)
+        self._buckets: dict[str, _Bucket] = {}
+        self._sessions: dict[str, int] = {}
+        self._leases: dict[str, tuple[str, str]] = {}  # lease id -> (replica, key id)
         self._ids = itertools.count(1)
 
     def heartbeat(self, replica: str, info: dict[str, str]) -> None:
@@ -247,34 +250,44 @@ class ClusterStateImpl:
         self._expire()
         return [{"replica": k, **info} for k, (info, _) in sorted(self._entries.items())]
 
-    def admit(self, key_id: str) -> tuple[str, Any]:
+    def admit(self, key_id: str, per_minute: int) -> tuple[str, Any]:
         """("ok", None) or ("error", (code, message, status, retry_after_s))."""
-        assert self._access is not None
-        try:
-            self._access.admit(Principal(key_id, "key"))
-        except AccessError as exc:
-            return "error", (exc.code, exc.message, exc.status, exc.retry_after_s)
+        if per_minute <= 0:
+            return "ok", None
+        now = time.monotonic()
+        bucket = self._buckets.get(key_id)
+        if bucket is None or bucket.capacity != per_minute:
+            bucket = self._buckets[key_id] = _Bucket(per_minute, now)
+        wait_s = bucket.take(now)
+        if wait_s > 0:
+            message = f"more than {per_minute} requests per minute for this key"
+            return "error", ("rate_limited", message, 429, max(1, math.ceil(wait_s)))
         return "ok", None
 
-    def lease(self, replica: str, key_id: str) -> tuple[str, Any]:
+    def lease(self, replica: str, key_id: str, limit: int) -> tuple[str, Any]:
         """("ok", lease id) or ("error", ...) as ``admit``."""
-        assert self._access is not None
         self._expire()
-        try:
-            lease = self._access.lease(Principal(key_id, "key"))
-        except AccessError as exc:
-            return "error", (exc.code, exc.message, exc.status, exc.retry_after_s)
+        open_now = self._sessions.get(key_id, 0)
+        if limit > 0 and open_now >= limit:
+            message = f"this key already has {limit} sessions open"
+            return "error", ("too_many_sessions", message, 429, 1)
+        self._sessions[key_id] = open_now + 1
         lease_id = f"{replica}:{next(self._ids)}"
-        self._leases[lease_id] = (replica, lease)
+        self._leases[lease_id] = (replica, key_id)
         return "ok", lease_id
 
     def release(self, lease_id: str) -> None:
         entry = self._leases.pop(lease_id, None)
         if entry is not None:
-            entry[1].release()
+            key_id = entry[1]
+            left = self._sessions.get(key_id, 0) - 1
+            if left > 0:
+                self._sessions[key_id] = left
+            else:
+                self._sessions.pop(key_id, None)
 
     def open_sessions(self, key_id: str) -> int:
-        return self._access.open_sessions(key_id) if self._access is not None else 0
+        return self._sessions.get(key_id, 0)
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - _REPLICA_TTL_S
@@ -284,18 +297,19 @@ class ClusterStateImpl:
         self._drop_leases(gone)
 
     def _drop_leases(self, replicas: set[str]) -> None:
-        for lease_id, (replica, lease) in list(self._leases.items()):
+        for lease_id, (replica, _) in list(self._leases.items()):
             if replica in replicas:
-                del self._leases[lease_id]
-                lease.release()
+                self.release(lease_id)
 
 
 class RaySharedLimits:
     """``auth.SharedLimits`` over the cluster-state actor (one per replica)."""
 
-    def __init__(self, actor: Any, replica: str) -> None:
+    def __init__(self, actor: Any, replica: str, server: ServerConfig) -> None:
         self.actor = actor
         self.replica = replica
+        self.per_minute = server.key_requests_per_minute
+        self.max_sessions = server.key_max_sessions
 
     @staticmethod
     def _check(status: str, value: Any) -> Any:
@@ -305,10 +319,12 @@ class RaySharedLimits:
         return value
 
     async def admit(self, key_id: str) -> None:
-        self._check(*await self.actor.admit.remote(key_id))
+        self._check(*await self.actor.admit.remote(key_id, self.per_minute))
 
     async def lease(self, key_id: str) -> str:
-        lease_id: str = self._check(*await self.actor.lease.remote(self.replica, key_id))
+        lease_id: str = self._check(
+            *await self.actor.lease.remote(self.replica, key_id, self.max_sessions)
+        )
         return lease_id
 
     async def release(self, lease_id: str) -> None:
@@ -365,7 +381,7 @@ class StreamTTSReplica:
         self.options = options
         self.replica_id: str = serve.get_replica_context().replica_id.unique_id
         self.hub: Any = None
-        self.directory = _named_actor(ClusterStateImpl, DIRECTORY_ACTOR, config.server)
+        self.directory = _named_actor(ClusterStateImpl, DIRECTORY_ACTOR)
         self.info: dict[str, str] = {}
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -387,7 +403,7 @@ class StreamTTSReplica:
         self.hub = app.state.hub
         access = app.state.access
         if access.enabled:  # per-key limits across every replica
-            access.shared = RaySharedLimits(self.directory, self.replica_id)
+            access.shared = RaySharedLimits(self.directory, self.replica_id, self.config.server)
         self.info = {"metrics": self._serve_metrics()}
         self.directory.heartbeat.remote(self.replica_id, self.info)
         return app

@@ -108,7 +108,8 @@ def test_the_wheel_list_follows_pyproject_and_the_docs() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     not_carried = {"torch", "torchaudio"}  # on the machine; numpy is unpinned (image)
     imported_lazily = {"matplotlib", "av"}  # bench --plot; mp3/ogg of the compatible APIs
-    only_on_cpu_tests = {"playwright", "mypy", "ruff", "httpx", "librosa", "pydub", "hypothesis"}
+    only_on_cpu_tests = {"playwright", "mypy", "ruff", "httpx", "librosa", "pydub", "hypothesis",
+                         "schemathesis", "openai"}
     for req in project["dependencies"] + project["optional-dependencies"]["test"]:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", req)
         if m is None:

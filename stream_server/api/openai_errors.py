@@ -18,11 +18,14 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
+
+# starlette's: FastAPI raises this base class itself (e.g. a body it cannot decode)
+from starlette.exceptions import HTTPException
 
 # HTTP status of the server's error codes (keys of stream_server.errors.ERROR_TABLE, a test checks)
 # on the OpenAI routes

@@ -82,19 +82,20 @@ def test_directory_drops_replicas_that_stop_reporting(monkeypatch: pytest.Monkey
 
 
 def test_cluster_state_holds_per_key_limits_across_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stream_server.config import ServerConfig
-
     now = [100.0]
     monkeypatch.setattr(ray_serve.time, "monotonic", lambda: now[0])
-    state = ClusterStateImpl(ServerConfig(key_max_sessions=2, key_requests_per_minute=3))
+    state = ClusterStateImpl()
     state.heartbeat("a", {})
     state.heartbeat("b", {})
-    ok_a = state.lease("a", "key_1")
-    ok_b = state.lease("b", "key_1")  # the same key on another replica counts against one limit
+    ok_a = state.lease("a", "key_1", 2)
+    ok_b = state.lease("b", "key_1", 2)  # the same key on another replica counts against one limit
     assert ok_a[0] == ok_b[0] == "ok"
-    status, (code, _, http_status, retry) = state.lease("b", "key_1")
+    status, (code, _, http_status, retry) = state.lease("b", "key_1", 2)
     assert (status, code, http_status, retry) == ("error", "too_many_sessions", 429, 1)
-    assert state.lease("b", "key_2")[0] == "ok"  # other keys are not affected
+    assert state.lease("b", "key_2", 2)[0] == "ok"  # other keys are not affected
+    unlimited = state.lease("b", "key_1", 0)  # 0 = no limit (a redeploy's new config)
+    assert unlimited[0] == "ok"
+    state.release(unlimited[1])
     state.release(ok_a[1])
     assert state.open_sessions("key_1") == 1
     # replica b stops reporting (killed): its leases go with it
@@ -104,4 +105,4 @@ def test_cluster_state_holds_per_key_limits_across_replicas(monkeypatch: pytest.
     assert [e["replica"] for e in state.replicas()] == ["a"]
     assert state.open_sessions("key_1") == 0 and state.open_sessions("key_2") == 0
     # requests per minute are one budget across replicas too
-    assert [state.admit("key_3")[0] for _ in range(4)] == ["ok", "ok", "ok", "error"]
+    assert [state.admit("key_3", 3)[0] for _ in range(4)] == ["ok", "ok", "ok", "error"]

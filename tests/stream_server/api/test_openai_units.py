@@ -140,3 +140,16 @@ def test_validation_errors_name_the_top_level_field() -> None:
         assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
     response = client.post("/v1/audio/speech", content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+def test_a_body_that_does_not_decode_gets_the_openai_error_shape() -> None:
+    from fastapi.testclient import TestClient
+
+    from stream_server.app import create_app
+    from tests.server_fixtures import SineBurstEngine, make_config
+
+    with TestClient(create_app(make_config(), SineBurstEngine())) as client:
+        r = client.post("/v1/audio/speech", content=b'{"model": "tts-1", "input": "\xff", "voice": "low"}',
+                        headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
