@@ -144,19 +144,20 @@ def format_table(levels: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN replaced by None (JSON has no NaN), through dicts and lists."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, config: dict[str, Any], levels: list[dict[str, Any]]) -> None:
     """Write the full report (config, per-level summaries and per-utterance results); NaN -> null."""
-
-    def clean(obj: Any) -> Any:
-        if isinstance(obj, float) and math.isnan(obj):
-            return None
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [clean(v) for v in obj]
-        return obj
-
-    Path(path).write_text(json.dumps(clean({"config": config, "levels": levels}), indent=2))
+    Path(path).write_text(json.dumps(json_safe({"config": config, "levels": levels}), indent=2))
 
 
 def write_plot(path: str | Path, levels: list[dict[str, Any]]) -> None:

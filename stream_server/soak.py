@@ -29,7 +29,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from stream_server.bench_report import ClientResult, summarize
+from stream_server.bench_report import ClientResult, json_safe, summarize
 
 # /metrics name -> (sample key, scale)
 _SERIES = {
@@ -257,18 +257,9 @@ def format_soak(summary: dict[str, Any]) -> str:
 
 
 def write_soak_json(path: str | Path, config: dict[str, Any], summary: dict[str, Any], run: SoakRun) -> None:
-    def clean(obj: Any) -> Any:
-        if isinstance(obj, float) and math.isnan(obj):
-            return None
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [clean(v) for v in obj]
-        return obj
-
     body = {"config": config, "summary": summary, "samples": run.samples,
             "results": [asdict(r) for r in run.results]}
-    Path(path).write_text(json.dumps(clean(body), indent=2))
+    Path(path).write_text(json.dumps(json_safe(body), indent=2))
 
 
 def write_soak_plot(path: str | Path, config: dict[str, Any], samples: list[dict[str, float]]) -> None:
