@@ -17,11 +17,18 @@ u_pid=$!
 $py -m stream_server serve-ray --engine espeak --replicas 2 --num-cpus 0.5 --port "$r_port" >"$out/ray.log" 2>&1 &
 r_pid=$!
 trap 'kill -INT $u_pid $r_pid 2>/dev/null; wait $u_pid $r_pid 2>/dev/null || true' EXIT
-for port in "$u_port" "$r_port"; do
+for name in uvicorn ray; do
+  port=$u_port; [ "$name" = ray ] && port=$r_port
+  ok=0
   for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+    if curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then ok=1; break; fi
     sleep 0.5
   done
+  if [ $ok = 0 ]; then
+    echo "bench_ray: the $name server did not become ready; end of $out/$name.log:" >&2
+    tail -n 20 "$out/$name.log" >&2
+    exit 1
+  fi
 done
 sleep 5  # let the second Ray replica finish its start-up too
 for i in $(seq 1 "$runs"); do
