@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
-from stream_server import ray_serve
+from stream_server import ray_serve, ray_state
 from stream_server.errors import ConfigError
-from stream_server.ray_serve import ClusterStateImpl, OverlayActorImpl, RayOptions
+from stream_server.ray_serve import RayOptions
+from stream_server.ray_state import ClusterStateImpl, OverlayActorImpl
 
 
 def test_options_are_validated() -> None:
@@ -50,8 +51,8 @@ def test_overlay_actor_serves_pages_of_every_replica_in_order() -> None:
 
 
 def test_overlay_actor_forgets_pages_that_stop_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ray_serve, "_POLL_S", 0.05)
-    monkeypatch.setattr(ray_serve, "_LISTENER_TTL_S", 0.15)
+    monkeypatch.setattr(ray_state, "_POLL_S", 0.05)
+    monkeypatch.setattr(ray_state, "_LISTENER_TTL_S", 0.15)
 
     async def run() -> None:
         actor = OverlayActorImpl(max_pending=4, max_chars=100)
@@ -70,12 +71,12 @@ def test_overlay_actor_forgets_pages_that_stop_polling(monkeypatch: pytest.Monke
 
 def test_directory_drops_replicas_that_stop_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr(ray_serve.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(ray_state.time, "monotonic", lambda: now[0])
     directory = ClusterStateImpl()
     directory.heartbeat("a", {"metrics": "127.0.0.1:1"})
     directory.heartbeat("b", {"metrics": "127.0.0.1:2"})
     assert [e["replica"] for e in directory.replicas()] == ["a", "b"]
-    now[0] += ray_serve._REPLICA_TTL_S - 1
+    now[0] += ray_state._REPLICA_TTL_S - 1
     directory.heartbeat("b", {"metrics": "127.0.0.1:2"})
     now[0] += 2
     assert directory.replicas() == [{"replica": "b", "metrics": "127.0.0.1:2"}]
@@ -83,7 +84,7 @@ def test_directory_drops_replicas_that_stop_reporting(monkeypatch: pytest.Monkey
 
 def test_cluster_state_holds_per_key_limits_across_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr(ray_serve.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(ray_state.time, "monotonic", lambda: now[0])
     state = ClusterStateImpl()
     state.heartbeat("a", {})
     state.heartbeat("b", {})
@@ -99,7 +100,7 @@ def test_cluster_state_holds_per_key_limits_across_replicas(monkeypatch: pytest.
     state.release(ok_a[1])
     assert state.open_sessions("key_1") == 1
     # replica b stops reporting (killed): its leases go with it
-    now[0] += ray_serve._REPLICA_TTL_S - 1
+    now[0] += ray_state._REPLICA_TTL_S - 1
     state.heartbeat("a", {})
     now[0] += 2
     assert [e["replica"] for e in state.replicas()] == ["a"]
