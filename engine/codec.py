@@ -317,11 +317,10 @@ class PcmEncoder:
 
     format = "pcm_s16le"
 
+    _bytes_per_sample = 2
+
     def __init__(self, in_rate: int = 24000, out_rate: int = 24000, chunk_ms: int = 20) -> None:
-        if out_rate not in PCM_RATES:
-            raise UnsupportedSampleRateError(
-                f"pcm_s16le supports sample rates {', '.join(map(str, PCM_RATES))}; got {out_rate}"
-            )
+        self._check_rate(out_rate)
         if not 5 <= chunk_ms <= 1000:
             raise AudioCodecError(f"chunk_ms must be 5..1000, got {chunk_ms}")
         self.in_rate = in_rate
@@ -336,12 +335,22 @@ class PcmEncoder:
     def duration_s(self) -> float:
         return self.samples_encoded / self.out_rate
 
+    def _check_rate(self, out_rate: int) -> None:
+        if out_rate not in PCM_RATES:
+            raise UnsupportedSampleRateError(
+                f"pcm_s16le supports sample rates {', '.join(map(str, PCM_RATES))}; got {out_rate}"
+            )
+
+    def _to_bytes(self, s16: np.ndarray) -> bytes:
+        """int16 samples -> the wire bytes (little-endian s16 here; G.711 overrides it)."""
+        return s16.astype("<i2").tobytes()
+
     def _chunks(self, x: np.ndarray, final: bool) -> list[bytes]:
         buf = np.concatenate([self._pending, x]) if self._pending.shape[0] else x
         n = buf.shape[0] // self.chunk_samples
         cut = buf.shape[0] if final else n * self.chunk_samples
-        data = float_to_s16(buf[:cut]).astype("<i2").tobytes()  # one conversion per call
-        step = self.chunk_samples * 2
+        data = self._to_bytes(float_to_s16(buf[:cut]))  # one conversion per call
+        step = self.chunk_samples * self._bytes_per_sample
         out = [data[i : i + step] for i in range(0, len(data), step)]
         self._pending = buf[cut:].copy()
         self.samples_encoded += cut

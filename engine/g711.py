@@ -18,9 +18,8 @@ import numpy as np
 
 from engine.codec import (
     AudioCodecError,
-    StreamingResampler,
+    PcmEncoder,
     UnsupportedSampleRateError,
-    float_to_s16,
 )
 
 G711Law = Literal["ulaw", "alaw"]
@@ -73,49 +72,27 @@ def alaw2lin(codes: np.ndarray) -> np.ndarray:
     return np.where(a & 0x80, t, -t).astype(np.int16)
 
 
-class G711Encoder:
+class G711Encoder(PcmEncoder):
     """float32 PCM at ``in_rate`` -> 8 kHz G.711 bytes (1 byte per sample) in ``chunk_ms`` chunks.
 
-    Every message but the last holds exactly ``8 * chunk_ms`` bytes; ``flush`` returns the
-    remainder unpadded (like ``PcmEncoder``).
+    ``PcmEncoder``'s chunking and resampling, companded instead of s16: every message but the last
+    holds exactly ``8 * chunk_ms`` bytes; ``flush`` returns the remainder unpadded.
     """
+
+    _bytes_per_sample = 1
 
     def __init__(self, law: G711Law, in_rate: int = 24000, out_rate: int = G711_RATE,
                  chunk_ms: int = 20) -> None:
         if law not in ("ulaw", "alaw"):
             raise AudioCodecError(f"G.711 law must be 'ulaw' or 'alaw', got {law!r}")
-        if out_rate != G711_RATE:
-            raise UnsupportedSampleRateError(f"{law} supports sample rate 8000 only; got {out_rate}")
-        if not 5 <= chunk_ms <= 1000:
-            raise AudioCodecError(f"chunk_ms must be 5..1000, got {chunk_ms}")
-        self.format: str = law
-        self.in_rate = in_rate
-        self.out_rate = out_rate
-        self.frame_ms: float = chunk_ms
-        self.chunk_samples = out_rate * chunk_ms // 1000
+        self._law = law
+        super().__init__(in_rate, out_rate, chunk_ms)
+        self.format = law
         self._compand = lin2ulaw if law == "ulaw" else lin2alaw
-        self._resampler = StreamingResampler(in_rate, out_rate)
-        self._pending = np.zeros(0, dtype=np.float32)
-        self.samples_encoded = 0
 
-    @property
-    def duration_s(self) -> float:
-        return self.samples_encoded / self.out_rate
+    def _check_rate(self, out_rate: int) -> None:
+        if out_rate != G711_RATE:
+            raise UnsupportedSampleRateError(f"{self._law} supports sample rate 8000 only; got {out_rate}")
 
-    def _chunks(self, x: np.ndarray, final: bool) -> list[bytes]:
-        buf = np.concatenate([self._pending, x]) if self._pending.shape[0] else x
-        n = buf.shape[0] // self.chunk_samples
-        cut = buf.shape[0] if final else n * self.chunk_samples
-        data = self._compand(float_to_s16(buf[:cut])).tobytes()
-        step = self.chunk_samples
-        out = [data[i : i + step] for i in range(0, len(data), step)]
-        self._pending = buf[cut:].copy()
-        self.samples_encoded += cut
-        return out
-
-    def encode(self, pcm: np.ndarray) -> list[bytes]:
-        """float32 ``(n,)`` at ``in_rate`` -> complete G.711 chunks at 8 kHz."""
-        return self._chunks(self._resampler.process(pcm), final=False)
-
-    def flush(self) -> list[bytes]:
-        return self._chunks(self._resampler.flush(), final=True)
+    def _to_bytes(self, s16: np.ndarray) -> bytes:
+        return self._compand(s16).tobytes()
