@@ -289,6 +289,7 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
         host=config.server.host,
         port=config.server.port,
         ws="websockets-sansio",  # the legacy implementation imports deprecated websockets.legacy
+        ws_per_message_deflate=config.server.ws_compression,
         # named, not "auto": installing an extra (Ray brings uvloop and httptools) must not
         # silently change the server's event loop and HTTP parser (http: h11, from handshake.py)
         loop="asyncio",

@@ -51,6 +51,10 @@ class ServerConfig:
     start_timeout_s: float = 10.0  # a new WebSocket session must send `start` or `text` within this
     warmup_timeout_s: float = 900.0  # engine warm-up longer than this fails start-up
     default_format: Literal["opus", "pcm_s16le"] = "opus"
+    # permessage-deflate on WebSockets: off by default, because audio frames (Opus, PCM) do not
+    # compress and deflating every 20 ms packet cost the event loop about a fifth of its time at 64
+    # clients (and the client as much to inflate); on only for text-heavy uses (alignment JSON)
+    ws_compression: bool = False
     overlay_api_key: str = ""  # "" = the overlay POST routes need no key
     overlay_queue_size: int = 32
     overlay_max_chars: int = 500

@@ -233,3 +233,15 @@ async def test_stopping_the_server_leaves_no_worker_thread_or_session() -> None:
     assert not hub.connections and hub.scheduler.job_count() == 0 and hub.scheduler.channel_count() == 0
     assert {t.name for t in started} >= {"engine-worker", "test-uvicorn"}
     assert not any(t.is_alive() for t in started)
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_permessage_deflate_only_when_configured(compression: bool) -> None:
+    """Audio frames do not compress: by default the server declines permessage-deflate even when the
+    client offers it (every client does), and ``ws_compression`` turns it on."""
+    from websockets.sync.client import connect as connect_sync
+
+    with running_server(make_config(ws_compression=compression), SineBurstEngine()) as url:
+        with connect_sync(ws_url(url)) as ws:  # offers permessage-deflate by default
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+    assert ("permessage-deflate" in extensions) is compression
