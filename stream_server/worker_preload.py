@@ -7,7 +7,15 @@ engine modules (no torch) and jieba's dictionary, which the eSpeak engine loads 
 
 from __future__ import annotations
 
-import stream_server.engine_worker  # noqa: F401  (the worker's entry point and engine imports)
-from engine.espeak_text import warm_up
+import os
+
+# One BLAS thread per worker, set before numpy loads OpenBLAS: the workers already fill every core
+# (one per core), and the resampler's matrix products were big enough for OpenBLAS to wake a second
+# thread that spun on the other core (worker CPU per audio second rose by 60 % at 64 clients).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import stream_server.engine_worker  # noqa: F401, E402  (the worker's entry point and engine imports; after the variables)
+from engine.espeak_text import warm_up  # noqa: E402
 
 warm_up()

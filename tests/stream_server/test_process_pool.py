@@ -8,6 +8,7 @@ events and codes, never on timings.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -190,3 +191,26 @@ def test_a_hung_segment_on_a_live_server_errs_its_session_only_and_is_counted() 
     assert fine.messages[-1]["type"] == "done" and fine.close_code == 1000  # type: ignore[attr-defined]
     assert 'stream_tts_engine_worker_faults_total{reason="timeout"} 1.0' in metrics
     assert 'stream_tts_errors_total{code="engine_timeout"} 1.0' in metrics
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+async def test_each_worker_runs_one_thread() -> None:
+    """One BLAS thread per worker: the workers fill the cores themselves, and OpenBLAS's own thread
+    spun on the other core whenever eSpeak's resampling product grew past its threading threshold."""
+    from engine.espeak import EspeakEngine
+
+    recipe = recipe_of(EspeakEngine())
+    assert recipe is not None
+    lane = ProcessLane(0, recipe, AUDIO, watchdog_s=30.0, on_fault=lambda kind: None)
+    sched = Scheduler(EspeakEngine(), AUDIO, max_jobs=8, max_ahead_s=100.0, lanes=[lane])  # type: ignore[arg-type]
+    sched.start(asyncio.get_running_loop())
+    try:
+        await asyncio.wait_for(asyncio.wrap_future(sched.warm_up()), 120.0)
+        sink = Sink()
+        ch = sched.open_channel("s", sink)
+        text = "A sentence long enough for a four second piece of speech, said without any pause at all. " * 2
+        sched.submit(ch, SynthRequest(0, 0, text, "en-us", SynthOptions(), "opus", 24000), arrival_s=0.0)
+        assert await sink.wait_ended(1) == {0: "ok"}
+        assert len(os.listdir(f"/proc/{lane.pid}/task")) == 1
+    finally:
+        await asyncio.to_thread(sched.stop)
