@@ -46,8 +46,12 @@ class Lane(Protocol):
     def start(self) -> None:
         """Ready the lane (a process lane starts and warms up its worker); blocking."""
 
-    def advance(self, job: _Job, fast_start: bool) -> tuple[list[bytes], bool]:
+    def advance(self, job: _Job, first_audio_s: float | None) -> tuple[list[bytes], bool]:
         """Advance ``job`` by about one engine chunk: (encoded packets, segment finished).
+
+        ``first_audio_s`` is set when the job's listener waits for the first audio of its stretch of
+        speech (the engine's fast start): a lane that makes several chunks per step makes about this
+        much audio in this step; None for every other step.
 
         Raises ``EngineError`` (this job failed; the lane has released its state) or ``WorkerLost``
         (every job pinned here failed).
@@ -83,13 +87,13 @@ class ThreadLane:
     def recover(self) -> None:
         pass
 
-    def advance(self, job: _Job, fast_start: bool) -> tuple[list[bytes], bool]:
+    def advance(self, job: _Job, first_audio_s: float | None) -> tuple[list[bytes], bool]:
         req = job.request
         if job.gen is None:
             a, rate = self.audio, self.engine.sample_rate
             job.encoder = make_encoder(req.format, req.sample_rate, a, rate, bitrate=req.bitrate)
             job.shaper = SegmentShaper(rate, a.fade_in_ms, a.fade_out_ms, a.pause_ms)
-            job.gen = iter(self.engine.synthesize(req.text, req.voice, req.options, fast_start=fast_start))
+            job.gen = iter(self.engine.synthesize(req.text, req.voice, req.options, fast_start=first_audio_s is not None))
         assert job.shaper is not None
         try:
             chunk = next(job.gen)

@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 
 # One step runs engine chunks until this much audio is encoded (or the segment ends): fewer round
 # trips than one per 60 ms chunk (each costs a wake-up of the worker and of its lane thread), still
-# fine-grained for EDF. A listener waiting for the first audio of its session gets exactly one chunk.
+# fine-grained for EDF. A listener waiting for the first audio of its session gets its whole start-up
+# cushion (the scheduler's first_audio_s) in that one step: the engine's fast-start piece is
+# synthesized by its first chunk anyway, and encoding the rest of the cushion costs little next to a
+# second round trip (with one chunk first, every session needed two steps before a later arrival
+# got its first audio).
 # Not tuned on a quiet machine: 0.24 and 1.0 were tried on an overloaded one (docs/PERFORMANCE.md).
 STEP_AUDIO_S = 0.5
 STEP_BUDGET_S = 0.02  # ... or until this much wall time is spent in the step
@@ -151,15 +155,16 @@ class ProcessLane:
             self._proc.join(2.0)
         self._kill()
 
-    def advance(self, job: _Job, fast_start: bool) -> tuple[list[bytes], bool]:
+    def advance(self, job: _Job, first_audio_s: float | None) -> tuple[list[bytes], bool]:
         spec = None
         if job.worker_epoch is None:
             r = job.request
-            spec = OpenSpec(r.text, r.voice, r.options, r.format, r.sample_rate, fast_start, r.bitrate)
+            spec = OpenSpec(r.text, r.voice, r.options, r.format, r.sample_rate, first_audio_s is not None,
+                            r.bitrate)
             job.worker_epoch = self.epoch
         elif job.worker_epoch != self.epoch:
             raise RemoteEngineError("worker_restarted", "the engine worker of this segment was lost")
-        min_audio_s = 0.0 if fast_start else STEP_AUDIO_S
+        min_audio_s = STEP_AUDIO_S if first_audio_s is None else first_audio_s
         answer = self._request(("step", job.job_id, spec, min_audio_s, STEP_BUDGET_S))
         if answer[0] == "err":
             raise RemoteEngineError(answer[1], answer[2])

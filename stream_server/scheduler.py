@@ -45,6 +45,13 @@ _IDLE_WAIT_S = 0.5  # the worker re-checks its state at least this often (shutdo
 # playing on the first frame then has a cushion while the worker serves the other new sessions
 # (with 60 ms first chunks, 16 simultaneous starts would otherwise run the first ones dry).
 STARTUP_CUSHION_S = 0.25
+# A lane that makes several chunks per step (process lanes) gives a session's first step enough audio
+# to play until the sessions waiting for their first audio behind it have had theirs: (waiting x the
+# measured first-step time / lanes) + this margin, at least STARTUP_CUSHION_S, at most MAX_CUSHION_S.
+# With a fixed 0.25 s, 64 simultaneous starts on 2 lanes ran the first sessions dry before the last
+# ones had started.
+CUSHION_MARGIN_S = 0.15
+MAX_CUSHION_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,7 @@ class Scheduler:
         self._posted_lock = threading.Lock()  # guards _posted and _wake_pending (never held long)
         self._posted: deque[tuple[Channel, WorkerEvent]] = deque()
         self._wake_pending = False
+        self._first_step_s = 0.005  # moving average of first steps' wall time (first_audio_s)
 
     # ------------------------------------------------------------------ event-loop side
 
@@ -326,7 +334,7 @@ class Scheduler:
         channel.clock_start = None
         channel.produced_s = channel.written_s = 0.0
 
-    def _pick_locked(self, lane: Lane) -> tuple[_Job, bool] | None:
+    def _pick_locked(self, lane: Lane) -> tuple[_Job, float | None] | None:
         job = pick_next(self._channels, self.max_ahead_s, lane.index)
         if job is None:
             return None
@@ -336,8 +344,17 @@ class Scheduler:
         if missed_deadline(job.channel, now):
             self.deadline_misses += 1
             self.last_miss_s = now
-        # nothing of this session is playing: its listener waits for this
-        return job, job.channel.clock_start is None
+        if job.channel.clock_start is not None:
+            return job, None
+        # nothing of this session is playing: its listener waits for this first step
+        return job, self._first_audio_locked()
+
+    def _first_audio_locked(self) -> float:
+        """Seconds of audio a first step should make: enough to play while the other sessions
+        waiting for their first audio get theirs (see ``CUSHION_MARGIN_S``)."""
+        waiting = sum(1 for ch in self._channels if ch.jobs and ch.clock_start is None)
+        behind_s = waiting * self._first_step_s / len(self.lanes)
+        return min(MAX_CUSHION_S, max(STARTUP_CUSHION_S, behind_s + CUSHION_MARGIN_S))
 
     # ------------------------------------------------------------------ worker thread
 
@@ -391,13 +408,13 @@ class Scheduler:
                 self._ready.set_result(time.perf_counter() - t0)
         return True
 
-    def _step(self, lane: Lane, job: _Job, fast_start: bool) -> None:
+    def _step(self, lane: Lane, job: _Job, first_audio_s: float | None) -> None:
         t0 = time.perf_counter()
         failure: tuple[str, str] | None = None
         packets: list[bytes] = []
         finished = lost = False
         try:
-            packets, finished = lane.advance(job, fast_start)
+            packets, finished = lane.advance(job, first_audio_s)
         except WorkerLost as exc:
             log.warning("session %s segment %d: %s: %s", job.channel.session_id, job.request.index,
                         exc.code, exc.message)
@@ -424,6 +441,8 @@ class Scheduler:
                 return
             ch = job.channel
             job.synth_s += elapsed
+            if first_audio_s is not None:
+                self._first_step_s += 0.2 * (elapsed - self._first_step_s)
             job.audio_s += audio_s
             if ch.clock_start is None and audio_s > 0:
                 # playback starts about now (the writer sends at once): from here the session's

@@ -232,3 +232,29 @@ async def test_fast_start_only_when_nothing_of_the_session_is_playing() -> None:
     await asyncio.to_thread(sched.stop)
     # segment 0: the listener waits; segment 1: made while 0 plays; segment 2: waits again
     assert engine.fast_starts == [True, False, True]
+
+
+def test_a_first_step_brings_a_cushion_for_the_sessions_waiting_behind_it() -> None:
+    from stream_server.lanes import ThreadLane
+    from stream_server.scheduler import CUSHION_MARGIN_S, MAX_CUSHION_S, STARTUP_CUSHION_S
+
+    engine = SineBurstEngine()
+    lanes = [ThreadLane(engine, AUDIO, i) for i in range(2)]  # not started: only the rule is tested
+    sched = Scheduler(engine, AUDIO, max_jobs=512, max_ahead_s=4.0, lanes=list(lanes))  # type: ignore[arg-type]
+    sched._first_step_s = 0.006  # measured first steps take 6 ms
+    alone = sched.open_channel("alone", lambda e: None)
+    sched.submit(alone, request("a" * 30), arrival_s=0.0)
+    assert sched._pick_locked(lanes[0]) == (alone.jobs[0], STARTUP_CUSHION_S)  # nobody behind it
+    for i in range(63):
+        sched.submit(sched.open_channel(f"s{i}", lambda e: None), request("b" * 30), arrival_s=0.0)
+    # 64 sessions wait for first audio on 2 lanes: the last one starts ~64 x 6 ms / 2 from now
+    job, first_audio_s = sched._pick_locked(lanes[1])  # type: ignore[misc]
+    assert job.channel.clock_start is None
+    assert first_audio_s == pytest.approx(64 * 0.006 / 2 + CUSHION_MARGIN_S)
+    sched._first_step_s = 1.0  # an absurdly slow engine: the cushion stays bounded
+    assert sched._first_audio_locked() == MAX_CUSHION_S
+    # a session that is playing (and about to run dry, so it goes first) gets an ordinary step
+    playing = sched.open_channel("playing", lambda e: None)
+    playing.clock_start, playing.produced_s, playing.arrival_s = -10.0, 1.0, -10.0
+    playing.jobs.append(_Job(request("c" * 30), playing))
+    assert sched._pick_locked(lanes[0]) == (playing.jobs[0], None)
