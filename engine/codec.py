@@ -26,8 +26,11 @@ PCM_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 # libopus defaults to 10. Measured on eSpeak speech at 24 kHz / 32 kbps on the 2-core dev box:
 # complexity 10 costs ~27 ms of CPU per second of audio, 5 costs ~6 ms (all sessions share one
 # engine thread, so this is capacity), with the same bitrate and a higher waveform SNR
-# (14.6 vs 9.1 dB; below 7 libopus skips its extra signal analysis).
-DEFAULT_OPUS_COMPLEXITY = 5
+# (14.6 vs 9.1 dB; below 7 libopus skips its extra signal analysis). 4 costs a third less than 5
+# (3.0 vs 4.4-4.8 ms per second of audio) for a log-spectral distance to the input 0.06 dB worse
+# (8.04 vs 7.97 dB; 10 gets 6.58): what made 64 eSpeak listeners fit on two cores with no underrun
+# (docs/PERFORMANCE.md).
+DEFAULT_OPUS_COMPLEXITY = 4
 AudioFormat = Literal["opus", "pcm_s16le", "ulaw", "alaw"]
 # formats only the ElevenLabs-compatible API asks for (engine.av_encoders; need a bitrate)
 CONTAINER_FORMATS = ("mp3", "ogg_opus")

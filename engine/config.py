@@ -63,7 +63,7 @@ class AudioConfig:
     # Opus
     opus_bitrate: int = 32000
     opus_application: Literal["audio", "voip", "restricted_lowdelay"] = "audio"
-    # libopus complexity 0..10: 5 costs ~6 ms of CPU per second of audio, 10 costs ~27 ms (measured,
-    # docs/PERFORMANCE.md); every session's encoder runs on the one engine thread
-    opus_complexity: int = 5
+    # libopus complexity 0..10: 4 costs ~3 ms of CPU per second of audio, 5 ~4.5 ms, 10 ~27 ms
+    # (measured, engine/codec.py, docs/PERFORMANCE.md); encoders run on the engine workers
+    opus_complexity: int = 4
     frame_ms: int = 20
