@@ -65,6 +65,23 @@ _MIN_WAIT_S = 0.05
 _RECHECK_S = 0.25
 
 
+def resolve_voice(hub: Hub, voice_id: str) -> str:
+    """Our voice for an ElevenLabs ``voice_id`` (``default``: the engine's default voice).
+
+    Call it only for an authenticated caller: the answer tells which voices exist.
+
+    Raises:
+        ElevenLabsError: ``voice_not_found``.
+    """
+    info = hub.engine_info()
+    if voice_id == "default":
+        return info.default_voice
+    if voice_id not in info.voice_names():
+        raise ElevenLabsError("voice_not_found", f"unknown voice {voice_id[:64]!r}; see GET /v1/voices "
+                              "(or use 'default')", param="voice_id")
+    return voice_id
+
+
 @dataclass(frozen=True)
 class _Out:
     ctx: ElevenLabsContext | None
@@ -107,12 +124,12 @@ class _Outbox:
 class ElevenLabsConnection:
     """One ElevenLabs-compatible WebSocket (see the module docstring)."""
 
-    def __init__(self, hub: Hub, ws: WebSocket, params: StreamParams, voice: str, *,
+    def __init__(self, hub: Hub, ws: WebSocket, params: StreamParams, voice: str | None, *,
                  check_key: KeyCheck | None = None) -> None:
         self.hub = hub
         self.ws = ws
         self.params = params
-        self.voice = voice
+        self.voice = voice  # None: ``params.voice_id`` is resolved once the first message's key is accepted
         self.check_key = check_key  # None once the socket is authenticated (or needs no key)
         self.id = uuid.uuid4().hex[:12]
         self.scheduler = hub.require_scheduler()
@@ -230,6 +247,8 @@ class ElevenLabsConnection:
         if self.check_key is not None:
             self.check_key(msg.api_key if isinstance(msg, SendText) else None)  # raises when refused
             self.check_key = None
+        if self.voice is None:  # authenticated only now: the voice may be looked up
+            self.voice = resolve_voice(self.hub, self.params.voice_id)
         if self.closing_socket:
             return  # after close_socket / end of input nothing new starts
         if isinstance(msg, (CloseSocket, EndOfInput)):
@@ -286,6 +305,7 @@ class ElevenLabsConnection:
             effects = Effects()
             if not ctx.started:
                 speed = msg.voice_settings.speed if msg.voice_settings else None
+                assert self.voice is not None  # resolved by _on_message before any context opens
                 effects = ctx.open(self.voice, speed)
                 if effects.fatal is not None:
                     return effects
