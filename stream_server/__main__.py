@@ -14,16 +14,16 @@ import sys
 from collections.abc import Sequence
 
 from engine.base import EngineError
-from stream_server import synth
 from stream_server.config import add_config_flags, load_config, overrides_from_args
 from stream_server.errors import ConfigError
+from stream_server.tools import synth
 
 # subcommand -> (module, help); imported only when that subcommand runs
 _LAZY = {
-    "bench": ("stream_server.bench", "TTFA / RTF / underrun benchmark against a running server"),
-    "bench-engine": ("stream_server.bench_engine", "per-stage engine timing (no server)"),
-    "bench-openai": ("stream_server.api.bench_openai", "POST /v1/audio/speech time to first byte, encoder cost"),
-    "download": ("stream_server.download", "fetch the F5-TTS and Vocos weights"),
+    "bench": ("stream_server.tools.bench", "TTFA / RTF / underrun benchmark against a running server"),
+    "bench-engine": ("stream_server.tools.bench_engine", "per-stage engine timing (no server)"),
+    "bench-openai": ("stream_server.tools.bench_openai", "POST /v1/audio/speech time to first byte, encoder cost"),
+    "download": ("stream_server.tools.download", "fetch the F5-TTS and Vocos weights"),
     "serve-ray": ("stream_server.ray_serve", "run the server on Ray Serve (replicas, autoscaling)"),
 }
 

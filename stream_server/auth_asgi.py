@@ -9,7 +9,8 @@ the key's limits allow one more request or session, and puts a ``RequestAuth`` i
 WebSocket closed, or the streamed HTTP body ended).
 
 Refusals: HTTP answers OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with the
-status of the ``AccessError`` (401, 403, 429 + ``Retry-After``). A WebSocket is accepted, told
+status of the ``AccessError`` (401, 403, 429 + ``Retry-After``); ``POST /v1/tokens`` answers an
+invalid body in the same shape (400, the OpenAI routes' ``OpenAIRoute``). A WebSocket is accepted, told
 the error (``{"type": "error", "code", "message"}`` on our protocol; ``{"message", "error": code,
 "code": close code}`` on the ElevenLabs routes) and closed with the table's close code (1008, or 1013 for
 limits).
@@ -37,6 +38,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from stream_server.api.openai_errors import OpenAIErrorBody, OpenAIRoute, error_type
 from stream_server.auth import (
     ANONYMOUS,
     KEY_IN_MESSAGE_PREFIX,
@@ -62,7 +64,6 @@ log = logging.getLogger("stream_server")
 
 SCOPE_KEY = "stream_tts.auth"
 OVERLAY_PRINCIPAL = Principal("overlay_key", "key")
-_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 class RequestAuth:
@@ -187,8 +188,7 @@ def authenticate(
 
 
 def openai_error_body(exc: AccessError) -> dict[str, Any]:
-    error_type = _ERROR_TYPES.get(exc.status, "invalid_request_error")
-    return {"error": {"message": exc.message, "type": error_type, "param": None, "code": exc.code}}
+    return {"error": {"message": exc.message, "type": error_type(exc.status), "param": None, "code": exc.code}}
 
 
 def _http_refusal(exc: AccessError) -> JSONResponse:
@@ -279,15 +279,18 @@ class TokenResponse(BaseModel):
     expires_in: int = Field(description="seconds from now")
 
 
-def create_token_router(access: AccessControl) -> APIRouter:
-    router = APIRouter()
+_TOKEN_ERRORS: dict[int | str, dict[str, Any]] = {  # (401/403/429: _declare_security)
+    400: {"model": OpenAIErrorBody, "description": "invalid body: invalid_json, invalid_request, "
+          "unknown_parameter, invalid_value (expires_in not an integer in 1..900)"},
+    "4XX": {"model": OpenAIErrorBody, "description": "any other client error"},
+}
 
-    @router.post(
-        "/v1/tokens",
-        response_model=TokenResponse,
-        status_code=200,
-        responses={400: {"description": "the body is not valid JSON"}},
-    )
+
+def create_token_router(access: AccessControl) -> APIRouter:
+    # OpenAIRoute: an invalid body is a 400 in the OpenAI shape, like the access refusals
+    router = APIRouter(route_class=OpenAIRoute)
+
+    @router.post("/v1/tokens", response_model=TokenResponse, status_code=200, responses=_TOKEN_ERRORS)
     async def mint_token(request: Request, body: TokenRequest | None = Body(default=None)) -> TokenResponse:  # noqa: B008
         """Mint a short-lived token for the streaming routes, so a browser page never holds a key."""
         principal = request_auth(request).principal or ANONYMOUS

@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import WebSocket, WebSocketDisconnect
@@ -30,6 +28,7 @@ from stream_server.batch_worker import make_scheduler
 from stream_server.config import AppConfig
 from stream_server.errors import CLOSE_INTERNAL_ERROR, ProtocolError, SessionLimitError
 from stream_server.metrics import ServerMetrics
+from stream_server.outbox import CloseMarker, Outbox, OutboxFull
 from stream_server.process_pool import build_lanes
 from stream_server.protocol import (
     Error,
@@ -50,56 +49,9 @@ _SHUTDOWN_GRACE_S = 2.0
 _YIELD_EVERY_FRAMES = 4
 
 
-class OutboxFull(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class _CloseMarker:
-    code: int
-    reason: str
-
-
-class Outbox:
-    """Bounded FIFO of a session's outgoing items, filled synchronously, drained by the writer."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: deque[OutItem | _CloseMarker] = deque()
-        self._ready = asyncio.Event()
-        self.audio_bytes = 0  # audio payload bytes queued (for /metrics)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: OutItem | _CloseMarker) -> None:
-        if len(self._items) >= self.capacity:
-            raise OutboxFull(f"outbox over {self.capacity} items")
-        self._items.append(item)
-        if isinstance(item, OutItem) and isinstance(item.payload, bytes):
-            self.audio_bytes += len(item.payload)
-        self._ready.set()
-
-    def force_close(self, code: int, reason: str) -> None:
-        """Drop everything queued and close next (outbox overflow: a bug, never a client's fault)."""
-        self._items.clear()
-        self.audio_bytes = 0
-        self._items.append(_CloseMarker(code, reason))
-        self._ready.set()
-
-    def drop_audio(self) -> None:
-        """Forget queued audio frames (urgent close); control messages stay in order."""
-        self._items = deque(i for i in self._items if not (isinstance(i, OutItem) and isinstance(i.payload, bytes)))
-        self.audio_bytes = 0
-
-    async def get(self) -> OutItem | _CloseMarker:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        item = self._items.popleft()
-        if isinstance(item, OutItem) and isinstance(item.payload, bytes):
-            self.audio_bytes -= len(item.payload)
-        return item
+def audio_bytes_of(item: OutItem) -> int | None:
+    """Audio payload bytes of a ``/v1/stream`` outbox item (None: a message, not audio)."""
+    return len(item.payload) if isinstance(item.payload, bytes) else None
 
 
 class OpenConnection(Protocol):
@@ -246,7 +198,7 @@ class Connection:
         self.scheduler = hub.require_scheduler()
         self.channel = self.scheduler.open_channel(session_id, self._on_worker_event)
         frames = (cfg.server.max_ahead_s + _OUTBOX_SLACK_S) * 1000.0 / cfg.audio.frame_ms
-        self.outbox = Outbox(int(frames) + 256)
+        self.outbox: Outbox[OutItem] = Outbox(int(frames) + 256, audio_bytes_of)
         self.limits = ProtocolLimits(cfg.server.max_message_chars, cfg.server.default_format)
         self.closed = False
         self.finished = asyncio.Event()
@@ -321,7 +273,7 @@ class Connection:
                     self.scheduler.cancel(self.channel)
                     if not action.drain:
                         self.outbox.drop_audio()
-                    self.outbox.put(_CloseMarker(action.code, action.reason))
+                    self.outbox.put(CloseMarker(action.code, action.reason))
         except OutboxFull:
             log.exception("session %s: outbox overflow", self.session.session_id)
             self.session.phase = Phase.CLOSED
@@ -392,7 +344,7 @@ class Connection:
         sent = 0
         while True:
             item = await self.outbox.get()
-            if isinstance(item, _CloseMarker):
+            if isinstance(item, CloseMarker):
                 with contextlib.suppress(Exception):  # the peer may be gone already
                     await self.ws.close(item.code, item.reason)
                 return

@@ -3,6 +3,8 @@
 - `chunker` imports only the standard library.
 - `engine` never imports `chunker` or `stream_server`, and has no asyncio.
 - nothing imports `stream_server` except itself (and tests).
+- the server core never imports its CLI tools (`stream_server.tools`), its Ray Serve deployment
+  (`stream_server.ray_serve`) or Ray; only the command line (`__main__`) wires the tools in.
 - model files do no file or hub I/O.
 """
 
@@ -57,6 +59,45 @@ def test_engine_imports_neither_chunker_nor_server_nor_asyncio(path: Path) -> No
 )
 def test_nothing_outside_the_server_imports_it(path: Path) -> None:
     assert "stream_server" not in {_top(m) for m in _imported_modules(path)}
+
+
+def _server_core_files() -> list[Path]:
+    apart = {ROOT / "stream_server" / "tools", ROOT / "stream_server" / "ray_serve"}
+    return [
+        p for p in _python_files("stream_server")
+        if not apart & set(p.parents) and p.name != "__main__.py"
+    ]
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every module an import statement names, ``from a import b`` counted as ``a`` and ``a.b``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_server_core_is_the_bulk_of_stream_server() -> None:
+    core = {p.relative_to(ROOT).as_posix() for p in _server_core_files()}
+    assert {"stream_server/app.py", "stream_server/api/openai_speech.py"} <= core
+    assert not any(p.startswith(("stream_server/tools/", "stream_server/ray_serve/")) for p in core)
+
+
+@pytest.mark.parametrize(
+    "path", _server_core_files(), ids=lambda p: p.relative_to(ROOT / "stream_server").as_posix()
+)
+def test_the_server_core_imports_neither_tools_nor_ray(path: Path) -> None:
+    bad = {
+        m for m in _imported_names(path)
+        if _top(m) == "ray"
+        or m.startswith(("stream_server.tools", "stream_server.ray_serve"))
+    }
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
 MODEL_FILES = ["engine/f5/model.py", "engine/f5/sampler.py", "engine/f5/batch.py", "engine/f5/mel.py"]

@@ -1,9 +1,11 @@
 """The ElevenLabs-compatible WebSocket routes: connection checks, then ``ElevenLabsConnection``.
 
 ``register_elevenlabs_routes(app, hub)`` adds ``/v1/text-to-speech/{voice_id}/stream-input`` and
-``/v1/text-to-speech/{voice_id}/multi-stream-input``. Before a connection starts: the query and the
-voice are validated, the server's capacity checked, and the access-control hook
-(``first_message_auth``) asked whether the first message must carry the key.
+``/v1/text-to-speech/{voice_id}/multi-stream-input``. Before a connection starts: the query is
+validated, the server's capacity checked, and the access-control hook (``first_message_auth``) asked
+whether the first message must carry the key. The voice is looked up only once the caller is
+authenticated: at once when a header key was accepted (or access control is off), else after the
+first message's key, so a client without a valid key cannot probe which voice ids exist.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastapi import FastAPI, WebSocket
 from stream_server.api.elevenlabs_context import error_message
 from stream_server.api.elevenlabs_protocol import ErrorMessage, encode_server_message
 from stream_server.api.elevenlabs_query import ElevenLabsError, parse_query
-from stream_server.api.elevenlabs_ws import ElevenLabsConnection, KeyCheck
+from stream_server.api.elevenlabs_ws import ElevenLabsConnection, KeyCheck, resolve_voice
 from stream_server.auth_asgi import request_auth
 from stream_server.connection import Hub
 from stream_server.errors import (
@@ -50,16 +52,6 @@ def first_message_auth(ws: WebSocket) -> KeyCheck | None:
     return complete
 
 
-def _resolve_voice(hub: Hub, voice_id: str) -> str:
-    info = hub.engine_info()
-    if voice_id == "default":
-        return info.default_voice
-    if voice_id not in info.voice_names():
-        raise ElevenLabsError("voice_not_found", f"unknown voice {voice_id[:64]!r}; see GET /v1/voices "
-                              "(or use 'default')", param="voice_id")
-    return voice_id
-
-
 async def _refuse(ws: WebSocket, error: ErrorMessage) -> None:
     with contextlib.suppress(Exception):
         await ws.send_text(encode_server_message(error))
@@ -72,7 +64,9 @@ async def _serve(hub: Hub, ws: WebSocket, voice_id: str, *, multi: bool) -> None
         params = parse_query(voice_id, ws.query_params.multi_items(), multi=multi)
         if hub.config.server.elevenlabs_alignment == "always":
             params = dataclasses.replace(params, sync_alignment=True)
-        voice = _resolve_voice(hub, voice_id)
+        check_key = first_message_auth(ws)
+        # an unauthenticated socket learns nothing about voices: looked up after its key
+        voice = resolve_voice(hub, params.voice_id) if check_key is None else None
         if hub.shutting_down:
             raise ElevenLabsError("shutting_down", "server is shutting down", close_code=CLOSE_GOING_AWAY)
         if len(hub.connections) >= hub.config.server.max_sessions:
@@ -82,7 +76,7 @@ async def _serve(hub: Hub, ws: WebSocket, voice_id: str, *, multi: bool) -> None
         hub.metrics.observe_error(exc.error)
         await _refuse(ws, error_message(exc))
         return
-    conn = ElevenLabsConnection(hub, ws, params, voice, check_key=first_message_auth(ws))
+    conn = ElevenLabsConnection(hub, ws, params, voice, check_key=check_key)
     await conn.run()
 
 

@@ -53,6 +53,7 @@ from stream_server.errors import (
     CLOSE_TRY_AGAIN_LATER,
     SessionLimitError,
 )
+from stream_server.outbox import CloseMarker, Outbox, OutboxFull
 from stream_server.scheduler import Channel, SegmentFailed, WorkerEvent
 from stream_server.session import Session
 
@@ -65,6 +66,23 @@ _MIN_WAIT_S = 0.05
 _RECHECK_S = 0.25
 
 
+def resolve_voice(hub: Hub, voice_id: str) -> str:
+    """Our voice for an ElevenLabs ``voice_id`` (``default``: the engine's default voice).
+
+    Call it only for an authenticated caller: the answer tells which voices exist.
+
+    Raises:
+        ElevenLabsError: ``voice_not_found``.
+    """
+    info = hub.engine_info()
+    if voice_id == "default":
+        return info.default_voice
+    if voice_id not in info.voice_names():
+        raise ElevenLabsError("voice_not_found", f"unknown voice {voice_id[:64]!r}; see GET /v1/voices "
+                              "(or use 'default')", param="voice_id")
+    return voice_id
+
+
 @dataclass(frozen=True)
 class _Out:
     ctx: ElevenLabsContext | None
@@ -72,47 +90,15 @@ class _Out:
     out: ContextOut
 
 
-@dataclass(frozen=True)
-class _CloseMarker:
-    code: int
-    reason: str
-
-
-class _Outbox:
-    """Bounded FIFO filled synchronously on the loop and drained by the writer."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: deque[_Out | _CloseMarker] = deque()
-        self._ready = asyncio.Event()
-
-    def put(self, item: _Out | _CloseMarker) -> bool:
-        if len(self._items) >= self.capacity:
-            return False
-        self._items.append(item)
-        self._ready.set()
-        return True
-
-    def replace_with(self, items: list[_Out | _CloseMarker]) -> None:
-        self._items = deque(items)
-        self._ready.set()
-
-    async def get(self) -> _Out | _CloseMarker:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-
 class ElevenLabsConnection:
     """One ElevenLabs-compatible WebSocket (see the module docstring)."""
 
-    def __init__(self, hub: Hub, ws: WebSocket, params: StreamParams, voice: str, *,
+    def __init__(self, hub: Hub, ws: WebSocket, params: StreamParams, voice: str | None, *,
                  check_key: KeyCheck | None = None) -> None:
         self.hub = hub
         self.ws = ws
         self.params = params
-        self.voice = voice
+        self.voice = voice  # None: ``params.voice_id`` is resolved once the first message's key is accepted
         self.check_key = check_key  # None once the socket is authenticated (or needs no key)
         self.id = uuid.uuid4().hex[:12]
         self.scheduler = hub.require_scheduler()
@@ -123,7 +109,7 @@ class ElevenLabsConnection:
         self.waiting: dict[int, deque[ClientMessage]] = {}
         self.waiting_chars = 0
         self.n_contexts = 0
-        self.outbox = _Outbox(MAX_CONTEXTS * (int(server.max_ahead_s * 50) + 512))
+        self.outbox: Outbox[_Out] = Outbox(MAX_CONTEXTS * (int(server.max_ahead_s * 50) + 512))
         self.last_message_s = time.monotonic()
         self.closing_socket = False  # close_socket / end of input: close once contexts are done
         self.failed = False
@@ -186,7 +172,7 @@ class ElevenLabsConnection:
             if isinstance(msg, SendText):
                 self.waiting_chars -= len(msg.text)
         if self.closing_socket and not self.contexts:
-            self.outbox.put(_CloseMarker(CLOSE_NORMAL, "done"))
+            self._close_when_sent()
 
     def _apply(self, ctx: ElevenLabsContext, effects: Effects) -> None:
         channel = self.channels.get(id(ctx))
@@ -203,15 +189,27 @@ class ElevenLabsConnection:
                     self._apply(ctx, ctx.on_worker_event(event))
         if effects.note_s:
             self.scheduler.note_written(channel, effects.note_s)
-        for out in effects.out:
-            if not self.outbox.put(_Out(ctx, channel, out)):
-                log.error("elevenlabs connection %s: outbox overflow", self.id)
-                self._fail(ErrorMessage("internal_error", "internal server error", CLOSE_INTERNAL_ERROR))
-                return
+        try:
+            for out in effects.out:
+                self.outbox.put(_Out(ctx, channel, out))
+        except OutboxFull:
+            self._overflow()
+            return
         if effects.fatal is not None:
             self._fail(effects.fatal)
         elif effects.finished:
             self._forget(ctx)
+
+    def _close_when_sent(self) -> None:
+        """Close 1000 once everything queued is sent."""
+        try:
+            self.outbox.put(CloseMarker(CLOSE_NORMAL, "done"))
+        except OutboxFull:
+            self._overflow()
+
+    def _overflow(self) -> None:  # a bug (the scheduler parks contexts long before), never the client's fault
+        log.error("elevenlabs connection %s: outbox overflow", self.id)
+        self._fail(ErrorMessage("internal_error", "internal server error", CLOSE_INTERNAL_ERROR))
 
     def _fail(self, error: ErrorMessage) -> None:
         """Send ``error`` and close with its code; queued audio is dropped."""
@@ -221,7 +219,7 @@ class ElevenLabsConnection:
         self.hub.metrics.observe_error(error.error)
         for channel in self.channels.values():
             self.scheduler.cancel(channel)
-        self.outbox.replace_with([_Out(None, None, ContextOut(error)), _CloseMarker(error.code, error.error)])
+        self.outbox.force_close(error.code, error.error, last=_Out(None, None, ContextOut(error)))
 
     # ------------------------------------------------------------------ client messages
 
@@ -230,6 +228,8 @@ class ElevenLabsConnection:
         if self.check_key is not None:
             self.check_key(msg.api_key if isinstance(msg, SendText) else None)  # raises when refused
             self.check_key = None
+        if self.voice is None:  # authenticated only now: the voice may be looked up
+            self.voice = resolve_voice(self.hub, self.params.voice_id)
         if self.closing_socket:
             return  # after close_socket / end of input nothing new starts
         if isinstance(msg, (CloseSocket, EndOfInput)):
@@ -237,7 +237,7 @@ class ElevenLabsConnection:
             for ctx in list(self.contexts.values()):
                 self._dispatch(ctx, msg)
             if not self.contexts:
-                self.outbox.put(_CloseMarker(CLOSE_NORMAL, "done"))
+                self._close_when_sent()
             return
         cid = msg.context_id if isinstance(msg, (SendText, Flush, KeepAlive, CloseContext)) else None
         if not isinstance(msg, SendText):
@@ -286,6 +286,7 @@ class ElevenLabsConnection:
             effects = Effects()
             if not ctx.started:
                 speed = msg.voice_settings.speed if msg.voice_settings else None
+                assert self.voice is not None  # resolved by _on_message before any context opens
                 effects = ctx.open(self.voice, speed)
                 if effects.fatal is not None:
                     return effects
@@ -371,7 +372,7 @@ class ElevenLabsConnection:
         sent = 0
         while True:
             item = await self.outbox.get()
-            if isinstance(item, _CloseMarker):
+            if isinstance(item, CloseMarker):
                 with contextlib.suppress(Exception):  # the peer may be gone already
                     await self.ws.close(item.code, item.reason[:100])
                 return

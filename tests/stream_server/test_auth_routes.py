@@ -213,10 +213,39 @@ def test_mint_token_route(server: tuple[str, FastAPI]) -> None:
         body = resp.json()
         assert body["scope"] == "stream" and body["expires_in"] == 60
         assert access.check_token(body["token"]).via == "token"
-        too_long = client.post("/v1/tokens", headers={"Authorization": f"Bearer {KEY}"}, json={"expires_in": 901})
-        assert too_long.status_code == 422
-        unknown = client.post("/v1/tokens", headers={"Authorization": f"Bearer {KEY}"}, json={"scope": "all"})
-        assert unknown.status_code == 422
+        no_body = client.post("/v1/tokens", headers={"Authorization": f"Bearer {KEY}"})
+        assert no_body.status_code == 200 and no_body.json()["expires_in"] == 300  # token_ttl_s
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "param"),
+    [
+        ("{not json", "invalid_json", None),
+        ('{"expires_in": 60,}', "invalid_json", None),
+        ("[60]", "invalid_request", None),
+        ('"60"', "invalid_request", None),
+        ('{"expires_in": "60"}', "invalid_value", "expires_in"),
+        ('{"expires_in": true}', "invalid_value", "expires_in"),
+        ('{"expires_in": 1.5}', "invalid_value", "expires_in"),
+        ('{"expires_in": [60]}', "invalid_value", "expires_in"),
+        ('{"scope": "all"}', "unknown_parameter", "scope"),
+        ('{"expires_in": 60, "key": "x"}', "unknown_parameter", "key"),
+        ('{"expires_in": 0}', "invalid_value", "expires_in"),
+        ('{"expires_in": -5}', "invalid_value", "expires_in"),
+        ('{"expires_in": 901}', "invalid_value", "expires_in"),
+        ('{"expires_in": 100000000000000000000}', "invalid_value", "expires_in"),
+    ],
+)
+def test_mint_token_refuses_a_bad_body_in_the_openai_shape(
+        server: tuple[str, FastAPI], content: str, code: str, param: str | None) -> None:
+    url, _ = server
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    resp = httpx.post(url + "/v1/tokens", headers=headers, content=content)
+    assert resp.status_code == 400, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
+    assert (body["error"]["code"], body["error"]["param"]) == (code, param)
 
 
 def test_openapi_declares_security(server: tuple[str, FastAPI]) -> None:

@@ -75,11 +75,11 @@ def test_invalid_flag_value_is_an_argparse_error(capsys: pytest.CaptureFixture[s
 
 
 def test_lazy_subcommands_are_only_imported_when_used() -> None:
-    sys.modules.pop("stream_server.bench", None)
+    sys.modules.pop("stream_server.tools.bench", None)
     build_parser(["serve"])
-    assert "stream_server.bench" not in sys.modules
+    assert "stream_server.tools.bench" not in sys.modules
     parser = build_parser(["bench", "--help"])
-    assert "stream_server.bench" in sys.modules
+    assert "stream_server.tools.bench" in sys.modules
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["bench", "--help"])
     assert info.value.code == 0

@@ -22,10 +22,10 @@ from engine.config import EngineConfig
 from engine.f5.engine import F5Engine
 from engine.f5.model import DiT
 from engine.f5.weights import ResolvedWeights
-from stream_server import bench
 from stream_server.app import create_app
 from stream_server.batch_worker import BatchScheduler
 from stream_server.config import AppConfig, ServerConfig
+from stream_server.tools import bench
 from tests.engine.f5.test_engine import write_tiny_vocos, write_voice
 from tests.f5_fixtures import randomize_, small_config, write_safetensors_checkpoint, write_vocab
 from tests.server_fixtures import collect, serve_app, ws_url

@@ -105,7 +105,7 @@ def test_download_cli_reports_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from engine.f5 import weights
-    from stream_server import download
+    from stream_server.tools import download
 
     def fake_download(*, repo_id: str, filename: str, local_dir: Path | None = None,
                       cache_dir: Path | None = None) -> str:
@@ -127,7 +127,7 @@ def test_download_cli_offline_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from engine.f5 import weights
-    from stream_server import download
+    from stream_server.tools import download
 
     def offline(**kwargs: object) -> str:
         raise OSError("network is unreachable")
@@ -140,7 +140,7 @@ def test_download_cli_offline_exits_1(
 
 
 def test_bench_engine_cli_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from stream_server import bench_engine
+    from stream_server.tools import bench_engine
 
     out = tmp_path / "bench.json"
     args = _parse(bench_engine, ["--engine", "espeak", "--runs", "2", "--json", str(out),

@@ -1,7 +1,8 @@
 """Scale-out on Ray Serve: the same FastAPI app behind Ray's proxy, one engine per replica.
 
-Optional extra (``pip install 'stream-tts[ray]'``); nothing else imports this module, and Ray is
-imported only inside its functions, so the single-machine server never needs Ray.
+Optional extra (``pip install 'stream-tts[ray]'``); only the ``serve-ray`` command and Ray Serve
+import this package, and Ray is imported only inside its functions, so the single-machine server
+never needs Ray.
 
     stream-tts serve-ray --replicas 2                      # local Ray; proxy on --host/--port
     stream-tts serve-ray --autoscale 1:4 --target-sessions 16
@@ -45,7 +46,7 @@ from stream_server.config import (
     overrides_from_args,
 )
 from stream_server.errors import ConfigError
-from stream_server.ray_state import (
+from stream_server.ray_serve.state import (
     DIRECTORY_ACTOR,
     NAMESPACE,
     OVERLAY_ACTOR,

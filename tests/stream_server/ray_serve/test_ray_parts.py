@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from stream_server import ray_serve, ray_state
+from stream_server import ray_serve
 from stream_server.errors import ConfigError
 from stream_server.ray_serve import RayOptions
-from stream_server.ray_state import ClusterStateImpl, OverlayActorImpl
+from stream_server.ray_serve import state as ray_state
+from stream_server.ray_serve.state import ClusterStateImpl, OverlayActorImpl
 
 
 def test_options_are_validated() -> None:

@@ -9,8 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from stream_server.api.bench_openai import configure_parser, format_table, http_request, run_levels
-from stream_server.bench import BenchError
+from stream_server.tools.bench import BenchError
+from stream_server.tools.bench_openai import (
+    configure_parser,
+    format_table,
+    http_request,
+    run_levels,
+)
 from tests.server_fixtures import SineBurstEngine, make_config, running_server
 
 

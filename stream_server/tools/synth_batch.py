@@ -197,7 +197,7 @@ def run_batch(args: Any, engine: Engine, config: AppConfig) -> int:
 
     import soundfile as sf
 
-    from stream_server.synth import render
+    from stream_server.tools.synth import render
 
     if not args.out_dir:
         raise ConfigError("--batch needs --out-dir")

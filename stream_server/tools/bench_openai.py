@@ -27,8 +27,14 @@ from urllib.parse import urlsplit
 
 import h11
 
-from stream_server.bench import DEFAULT_TEXTS, BenchError, load_texts, parse_levels, run_client
-from stream_server.bench_report import percentile
+from stream_server.tools.bench import (
+    DEFAULT_TEXTS,
+    BenchError,
+    load_texts,
+    parse_levels,
+    run_client,
+)
+from stream_server.tools.bench_report import percentile
 
 
 @dataclass

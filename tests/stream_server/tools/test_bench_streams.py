@@ -10,8 +10,8 @@ import pytest
 
 from engine.base import SynthOptions
 from engine.config import AudioConfig
-from stream_server import bench_engine
-from stream_server.bench_streams import parse_streams, run_levels
+from stream_server.tools import bench_engine
+from stream_server.tools.bench_streams import parse_streams, run_levels
 from tests.stream_server.batch_fakes import FakeBatchEngine, gpu_like_cost
 
 SEGMENTS = ["The first sentence of the stream.", "And a second one after it."]

@@ -2,7 +2,7 @@
 
 Same chunker, engine and audio post (segment fades and pauses) as a streaming session, without
 sockets or encoding: the WAV holds the float32 audio as PCM16 at the engine's sample rate.
-``--batch lines.jsonl`` renders many lines through one running batch (`stream_server.synth_batch`).
+``--batch lines.jsonl`` renders many lines through one running batch (`stream_server.tools.synth_batch`).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.factory import create_engine
 
     if args.batch:
-        from stream_server.synth_batch import run_batch
+        from stream_server.tools.synth_batch import run_batch
 
         _check_batch_args(args)
         config = load_config(args.config, overrides_from_args(args))

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from stream_server import bench
-from stream_server.bench_report import ClientResult
-from stream_server.soak import SoakRun, format_soak, metrics_url, parse_metrics, summarize_soak
+from stream_server.tools import bench
+from stream_server.tools.bench_report import ClientResult
+from stream_server.tools.soak import (
+    SoakRun,
+    format_soak,
+    metrics_url,
+    parse_metrics,
+    summarize_soak,
+)
 from tests.server_fixtures import SineBurstEngine, make_config, running_server, ws_url
 
 

@@ -18,7 +18,7 @@ close, then decodes them and simulates playback. Per level it reports, with p50/
 Output: a printed table, optional JSON (``--json``) and a PNG of TTFA CDFs per level (``--plot``).
 ``--light``: the client counts packets and times them without decoding Opus (each packet is one
 frame of ``frame_ms``), so it costs the server little CPU when both share a machine; the report
-says which client mode ran. ``--duration SECONDS``: a soak instead of levels (``stream_server.soak``).
+says which client mode ran. ``--duration SECONDS``: a soak instead of levels (``tools.soak``).
 This module is the client side; the statistics, playback simulation and report are pure functions
 in ``bench_report`` (unit-tested without a server).
 """
@@ -40,7 +40,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketExcepti
 
 from chunker import SentenceChunker
 from engine.codec import OpusFrameDecoder
-from stream_server.bench_report import (
+from stream_server.tools.bench_report import (
     ClientResult,
     format_table,
     simulate_playback,
@@ -49,7 +49,7 @@ from stream_server.bench_report import (
     write_plot,
 )
 
-DEFAULT_TEXTS = Path(__file__).parent / "data" / "bench_texts.txt"
+DEFAULT_TEXTS = Path(__file__).parent.parent / "data" / "bench_texts.txt"
 _CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
 # LLM-like tokens: a CJK character, or a run of other non-space characters, with leading spaces
 _TOKEN = re.compile(rf"\s*(?:[{_CJK}]|[^\s{_CJK}]+)|\s+$")
@@ -282,14 +282,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--light", action="store_true",
         help="count and time Opus packets without decoding them (little client CPU on a shared box)",
     )
-    from stream_server import soak  # soak flags (--duration ...), in their own module
+    from stream_server.tools import soak  # soak flags (--duration ...), in their own module
 
     soak.configure_parser(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.duration > 0:
-        from stream_server import soak
+        from stream_server.tools import soak
 
         return soak.run(args)
     try:

@@ -63,7 +63,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-reference", action="store_true")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.add_argument("--streams", default="", help="concurrent streams through the server's worker, "
-                   "e.g. 1,4,8,16 (see stream_server/bench_streams.py); omit for the single-stream bench")
+                   "e.g. 1,4,8,16 (see stream_server/tools/bench_streams.py); omit for the single-stream bench")
     p.add_argument("--stagger-ms", type=float, default=0.0,
                    help="with --streams: start streams this far apart (0 = all at once)")
     p.add_argument("--compare-unbatched", action="store_true",
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
           f"warm-up {warmup_s:.1f} s{' (compile included)' if getattr(engine, 'compiled', False) else ''}")
     print(f"{len(segments)} segment(s); voice {voice!r}; nfe {args.nfe}; runs {args.runs}")
     if args.streams:
-        from stream_server import bench_streams
+        from stream_server.tools import bench_streams
 
         code = bench_streams.run_from_args(args, engine, segments, voice,
                                            {"build_s": build_s, "warmup_s": warmup_s})

@@ -33,7 +33,7 @@ serve = pytest.importorskip("ray.serve")
 from stream_server import ray_serve  # noqa: E402  (after the importorskip)
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TEXT = "Hello from a replica. This is the second sentence of the test."
 REPLICA_HEADER = "x-stream-tts-replica"
 

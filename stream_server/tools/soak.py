@@ -29,7 +29,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from stream_server.bench_report import ClientResult, json_safe, summarize
+from stream_server.tools.bench_report import ClientResult, json_safe, summarize
 
 # /metrics name -> (sample key, scale)
 _SERIES = {
@@ -126,7 +126,7 @@ async def _abandon(url: str, text: str, rng: random.Random, timeout_s: float) ->
 
 async def _client(i: int, args: argparse.Namespace, texts: list[str], clients: int, stop_at: float,
                   run: SoakRun) -> None:
-    from stream_server.bench import run_client
+    from stream_server.tools.bench import run_client
 
     rng = random.Random(1000 + i)
     k = i
@@ -163,7 +163,7 @@ async def _sampler(url: str, t0: float, every_s: float, stop: asyncio.Event, run
 
 
 async def run_soak(args: argparse.Namespace) -> tuple[dict[str, Any], SoakRun]:
-    from stream_server.bench import BenchError, _probe, load_texts, parse_levels
+    from stream_server.tools.bench import BenchError, _probe, load_texts, parse_levels
 
     texts = load_texts(args.texts)
     clients = parse_levels(args.clients)[0]
@@ -292,7 +292,7 @@ def write_soak_plot(path: str | Path, config: dict[str, Any], samples: list[dict
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream_server.bench import BenchError
+    from stream_server.tools.bench import BenchError
 
     try:
         config, soak = asyncio.run(run_soak(args))

@@ -27,9 +27,9 @@ from engine.base import Engine, SynthOptions
 from engine.config import AudioConfig
 from stream_server.batch_policy import BatchPolicy, StepKind
 from stream_server.batch_worker import BatchEngine, make_scheduler
-from stream_server.bench_report import percentile, simulate_playback
 from stream_server.scheduler import SegmentAudio, SegmentFinished, SynthRequest, WorkerEvent
 from stream_server.session import SUBMIT_AHEAD
+from stream_server.tools.bench_report import percentile, simulate_playback
 
 _TIMEOUT_S = 3600.0
 
@@ -197,7 +197,7 @@ def run_from_args(args: Any, engine: Engine, segments: list[str], voice: str, ex
     """The ``bench-engine --streams`` path (engine built and warmed up by ``bench_engine.run``)."""
     import sys
 
-    from stream_server.bench_report import write_json
+    from stream_server.tools.bench_report import write_json
 
     try:
         levels = parse_streams(args.streams)

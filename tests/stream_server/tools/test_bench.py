@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_server import bench
-from stream_server.bench import load_texts, split_tokens
-from stream_server.bench_report import (
+from stream_server.tools import bench
+from stream_server.tools.bench import load_texts, split_tokens
+from stream_server.tools.bench_report import (
     ClientResult,
     format_table,
     percentile,
