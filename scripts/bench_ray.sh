@@ -14,7 +14,7 @@ u_port=$($py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); prin
 r_port=$($py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 $py -m stream_server serve --engine espeak --port "$u_port" >"$out/uvicorn.log" 2>&1 &
 u_pid=$!
-$py -m stream_server serve-ray --engine espeak --replicas 2 --num-cpus 0.5 --port "$r_port" >"$out/ray.log" 2>&1 &
+$py -m stream_server serve-ray --engine espeak --replicas 2 --num-cpus 0.5 ${RAY_ARGS:-} --port "$r_port" >"$out/ray.log" 2>&1 &
 r_pid=$!
 trap 'kill -INT $u_pid $r_pid 2>/dev/null; wait $u_pid $r_pid 2>/dev/null || true' EXIT
 for name in uvicorn ray; do

@@ -1,6 +1,7 @@
 """Scale-out on Ray Serve (``stream-tts serve-ray``; the ``ray`` extra).
 
 - `deployment`: the replica (the same app ``serve`` runs), the application builder and the CLI;
+- `ingress`: how requests reach the replicas (Ray Serve's HAProxy ingress, or its proxy);
 - `state`: what replicas share, held in named Ray actors (overlay queue, replica directory, limits).
 
 Ray is imported only inside functions, and the single-machine server never imports this package.
@@ -19,8 +20,8 @@ from stream_server.ray_serve.deployment import (
     parse_autoscale,
     replica_actor_name,
     run,
-    start_local,
 )
+from stream_server.ray_serve.ingress import ingress_env, proxy_setup, start_local
 
 __all__ = [
     "APP_NAME",
@@ -33,5 +34,7 @@ __all__ = [
     "parse_autoscale",
     "replica_actor_name",
     "run",
+    "ingress_env",
+    "proxy_setup",
     "start_local",
 ]

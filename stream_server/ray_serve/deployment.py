@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import math
 import secrets
 import signal
 import threading
@@ -46,6 +47,7 @@ from stream_server.config import (
     overrides_from_args,
 )
 from stream_server.errors import ConfigError
+from stream_server.ray_serve.ingress import INGRESSES, start_local
 from stream_server.ray_serve.state import (
     DIRECTORY_ACTOR,
     NAMESPACE,
@@ -181,6 +183,12 @@ def build_application(config: AppConfig, options: RayOptions) -> Any:
     if not config.server.token_secret:
         server = replace(config.server, token_secret=secrets.token_urlsafe(32))
         config = replace(config, server=server)
+    if config.server.workers == 0:
+        # "one worker per core" means per core the replica reserves, not per core of the machine:
+        # two replicas with 2 workers each on 2 cores ran 4 worker processes against the proxy
+        # and Ray's own processes (underruns at 16 clients; none with one each)
+        server = replace(config.server, workers=max(1, math.floor(options.num_cpus)))
+        config = replace(config, server=server)
 
     deployment_options: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
@@ -243,6 +251,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per replica")
     p.add_argument("--graceful-shutdown-s", type=float, default=30.0,
                    help="a replica leaving finishes its sessions for this long (default 30)")
+    p.add_argument("--ingress", choices=INGRESSES, default="auto",
+                   help="haproxy: Ray Serve's HAProxy ingress (direct to replicas); proxy: Ray's "
+                        "Python proxy; auto (default): haproxy when installed")
     p.add_argument("--ray-address", default=None,
                    help="an existing Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     add_config_flags(p)
@@ -267,24 +278,6 @@ def replica_actor_name(replica_id: str) -> str:
     return f"SERVE_REPLICA::{APP_NAME}#{DEPLOYMENT_NAME}#{replica_id}"
 
 
-def start_local(host: str, port: int, address: str | None = None, **init_kwargs: Any) -> None:
-    """``ray.init`` + ``serve.start`` with the proxy on host:port.
-
-    Ray's proxy routes a new request by the replicas' ongoing-request counts, cached for 10 s by
-    default; a replica not in the cache yet is skipped while it is probed, so a burst of sessions
-    after an idle spell lands on one replica. Sessions are long, so probing on every new session
-    costs nothing that matters: the cache is turned off (also set this variable on a cluster).
-    """
-    import os
-
-    import ray
-    from ray import serve
-
-    os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S", "0")
-    ray.init(address=address, namespace=NAMESPACE, **init_kwargs)
-    serve.start(http_options={"host": host, "port": port})
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import ray
@@ -299,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    start_local(config.server.host, config.server.port, args.ray_address)
+    start_local(config.server.host, config.server.port, args.ray_address, args.ingress)
     try:
         serve.run(build_application(config, options), name=APP_NAME, route_prefix="/")
         log.info(

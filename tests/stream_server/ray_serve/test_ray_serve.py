@@ -78,8 +78,11 @@ def _get(port: int, path: str) -> httpx.Response:
 @pytest.fixture(scope="module")
 def ray_port() -> Iterator[int]:
     port = _free_port()
+    # HAProxy's own metrics and stats listeners: free ports, not Ray's fixed 9101 / 8404
+    os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
+    os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
     ray_serve.start_local(
-        "127.0.0.1", port, num_cpus=4, include_dashboard=False, log_to_driver=False,
+        "127.0.0.1", port, ingress="haproxy", num_cpus=4, include_dashboard=False, log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
     )
     try:
@@ -162,6 +165,16 @@ def test_info_header_and_metrics_name_the_replica(espeak_app: int) -> None:
         assert f'stream_tts_sessions_total{{replica="{t["labels"]["replica"]}"}}' in own
 
 
+def test_the_ingress_is_haproxy_and_declines_permessage_deflate(espeak_app: int) -> None:
+    """HAProxy carries the socket to the replica's own HTTP server; Ray has no option against
+    deflate there: ``start_local`` installs ``proxy_setup`` as the callback that turns it off."""
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    from websockets.sync.client import connect as connect_sync
+
+    with connect_sync(f"ws://127.0.0.1:{espeak_app}/v1/stream") as ws:  # offers deflate by default
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+
+
 def test_overlay_say_on_any_replica_reaches_a_page_on_another(espeak_app: int) -> None:
     async def run() -> tuple[str, list[tuple[str, str]], list[str]]:
         async with connect(f"ws://127.0.0.1:{espeak_app}/v1/overlay/events") as page:
@@ -191,9 +204,11 @@ def test_overlay_say_on_any_replica_reaches_a_page_on_another(espeak_app: int) -
 def test_killing_a_replica_ends_only_its_sessions(espeak_app: int) -> None:
     async def run() -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
         long_text = " ".join([TEXT] * 6)
-        tasks = [asyncio.create_task(_session(espeak_app, long_text, pieces=12, gap_s=0.5))
-                 for _ in range(6)]
-        await asyncio.sleep(3.0)  # every session is open and speaking
+        tasks = []
+        for _ in range(6):  # staggered: each routing decision sees the sessions already placed
+            tasks.append(asyncio.create_task(_session(espeak_app, long_text, pieces=12, gap_s=0.5)))
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(1.5)  # every session is open and speaking
         info = await asyncio.to_thread(_get, espeak_app, "/v1/info")
         victim = info.json()["replica"]
         actor = ray.get_actor(ray_serve.replica_actor_name(victim), namespace="serve")
@@ -232,6 +247,7 @@ def _clip_wav(seconds: float = 1.5) -> bytes:
 
 
 KEY = "test-key-0123456789abcdef"
+BALLAST_KEY = "test-key-ballast-0123456789"  # holds a session open to steer the ingress
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -243,7 +259,7 @@ def f5_app(espeak_app: int, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     voices = root / "voices"
     voices.mkdir()
     keys = root / "keys.txt"
-    keys.write_text(KEY + "\n")
+    keys.write_text(KEY + "\n" + BALLAST_KEY + "\n")
     options = ray_serve.RayOptions(replicas=2, num_cpus=0.5,
                                    engine_factory="tests.ray_engines:tiny_f5")
     server = {"api_keys_file": str(keys), "key_max_sessions": 1}
@@ -261,21 +277,27 @@ def test_a_voice_uploaded_through_one_replica_speaks_on_the_other(f5_app: tuple[
     uploader = up.headers[REPLICA_HEADER]
 
     async def other_replica_session() -> dict[str, Any]:
+        # The ingress balances by least connections: a session held open on the uploading
+        # replica sends the next one to the other replica.
+        ballast_headers = {"Authorization": f"Bearer {BALLAST_KEY}"}
         for _ in range(20):
-            async with connect(f"ws://127.0.0.1:{port}/v1/stream", additional_headers=AUTH) as ws:
-                if ws.response.headers[REPLICA_HEADER] == uploader:
+            async with connect(f"ws://127.0.0.1:{port}/v1/stream", additional_headers=ballast_headers) as ballast:
+                if ballast.response.headers[REPLICA_HEADER] != uploader:
                     continue
-                await ws.send(json.dumps({"type": "start", "voice": "bob", "format": "pcm_s16le",
-                                          "options": {"seed": 1}}))
-                await ws.send(json.dumps({"type": "text", "text": "Hi there."}))
-                await ws.send(json.dumps({"type": "end"}))
-                msgs, pcm = [], 0
-                async for m in ws:
-                    if isinstance(m, bytes):
-                        pcm += len(m)
-                    else:
-                        msgs.append(json.loads(m))
-                return {"messages": msgs, "pcm": pcm, "close": ws.close_code}
+                async with connect(f"ws://127.0.0.1:{port}/v1/stream", additional_headers=AUTH) as ws:
+                    if ws.response.headers[REPLICA_HEADER] == uploader:
+                        continue
+                    await ws.send(json.dumps({"type": "start", "voice": "bob", "format": "pcm_s16le",
+                                              "options": {"seed": 1}}))
+                    await ws.send(json.dumps({"type": "text", "text": "Hi there."}))
+                    await ws.send(json.dumps({"type": "end"}))
+                    msgs, pcm = [], 0
+                    async for m in ws:
+                        if isinstance(m, bytes):
+                            pcm += len(m)
+                        else:
+                            msgs.append(json.loads(m))
+                    return {"messages": msgs, "pcm": pcm, "close": ws.close_code}
         raise AssertionError("every session landed on the uploading replica")
 
     got = asyncio.run(asyncio.wait_for(other_replica_session(), 120))
