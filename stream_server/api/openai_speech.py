@@ -53,7 +53,8 @@ _Pieces = AsyncGenerator[bytes | StreamFailure, None]
 # encodes, so a call is also the longest the event loop can be held up (~5 ms of CPU for MP3).
 _FIRST_SLICE_BYTES = 2 * 960
 _SLICE_BYTES = 2 * 4800
-_SILENCE_BYTES = 2 * 2400  # 100 ms: the answer to an input with nothing to speak
+_SILENCE_BYTES = 2 * 2400
+_BULK_NICE = 10  # nice value of the bulk encoder thread (see _background_priority)  # 100 ms: the answer to an input with nothing to speak
 
 
 class ModelCard(BaseModel):
@@ -137,10 +138,13 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
                 opened = None
             pos = 0
             while pos < len(batch.pcm):
-                size = _SLICE_BYTES if started else _FIRST_SLICE_BYTES
-                piece = batch.pcm[pos : pos + size]
-                out = await loop.run_in_executor(bulk_pool if started else first_pool, encoder.encode, piece)
-                pos += size
+                if started:
+                    piece = batch.pcm[pos : pos + _SLICE_BYTES]
+                    out = await loop.run_in_executor(bulk_pool, encoder.encode, piece)
+                    pos += len(piece)
+                else:  # one hop to the thread pool, not one per slice (each waits for the loop)
+                    out, used = await loop.run_in_executor(first_pool, _first_bytes, encoder, batch.pcm[pos:])
+                    pos += used
                 if out:
                     started = True
                     yield out
@@ -190,6 +194,18 @@ async def _first_and_rest(first: bytes, rest: AsyncIterator[bytes]) -> AsyncGene
         yield first
     async for piece in rest:
         yield piece
+
+
+def _first_bytes(encoder: SpeechEncoder, pcm: bytes) -> tuple[bytes, int]:
+    """Encode ``pcm`` in short slices until the encoder emits its first bytes (MP3 and AAC need
+    80-100 ms of audio first): (bytes, PCM bytes used). Runs on an encoder thread."""
+    pos = 0
+    out = b""
+    while pos < len(pcm) and not out:
+        piece = pcm[pos : pos + _FIRST_SLICE_BYTES]
+        out = encoder.encode(piece)
+        pos += len(piece)
+    return out, pos
 
 
 def create_openai_router(hub: Hub, *, dependencies: Sequence[Any] = ()) -> APIRouter:
