@@ -59,6 +59,9 @@ class ServerConfig:
     overlay_queue_size: int = 32
     overlay_max_chars: int = 500
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # after warm-up, move the objects built at start-up out of the cyclic GC's reach (gc.freeze):
+    # a full collection over them stalled the event loop for 250-450 ms
+    gc_freeze: bool = True
     # engine worker processes for CPU engines (eSpeak), each with its own audio post and encoders:
     # 0 = one per CPU core; 1 = everything on one engine thread in the server process (engines
     # without a worker recipe, e.g. F5 on its device, always run there)

@@ -116,7 +116,9 @@ def serve_app(app: FastAPI, config: AppConfig | None = None, *, wait_healthy: bo
               timeout_s: float = 60.0) -> Iterator[str]:
     """Like ``running_server`` for an app the test built itself (to inspect ``app.state.hub``)."""
     config = config or AppConfig()
-    config = dataclasses.replace(config, server=dataclasses.replace(config.server, host="127.0.0.1", port=0))
+    # gc_freeze off: in the test process it would pin whatever earlier tests left for the GC
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, host="127.0.0.1", port=0,
+                                                                    gc_freeze=False))
     server = build_server(app, config, log_config=None)
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
     thread.start()

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
 
 from tests.reliability_fixtures import scrape, served
@@ -45,3 +49,26 @@ async def test_live_gauges_follow_a_busy_session_and_the_loop_lag() -> None:
     assert busy["stream_tts_asyncio_tasks"] >= idle["stream_tts_asyncio_tasks"] + 2  # reader + writer
     # the monitor's 100 ms sleep was somewhere in its course when the 300 ms block began
     assert lagged["stream_tts_event_loop_lag_seconds_max"] >= 0.19
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_warm_up_freezes_the_start_up_objects_out_of_the_gc(freeze: bool) -> None:
+    """A full collection over the start-up objects stalled the event loop 250-450 ms; after
+    warm-up they are frozen (``gc_freeze``). In a subprocess: freezing pins the test process."""
+    code = f"""
+import asyncio, gc
+from stream_server.app import create_app
+from tests.server_fixtures import SineBurstEngine, make_config
+app = create_app(make_config(gc_freeze={freeze}), SineBurstEngine())
+async def main():
+    async with app.router.lifespan_context(app):
+        while not app.state.hub.warm:
+            await asyncio.sleep(0.01)
+        print(gc.get_freeze_count())
+asyncio.run(main())
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr
+    frozen = int(out.stdout.split()[-1])
+    assert (frozen > 10_000) is freeze, frozen
