@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side by side in one run: one uvicorn server vs Ray Serve with 2 replicas (eSpeak, this machine).
-#   scripts/bench_ray.sh OUTDIR [CLIENTS] [RUNS]
+#   scripts/bench_ray.sh OUTDIR [CLIENTS] [RUNS]     (RAY_ARGS="--ingress proxy ..." adds serve-ray flags)
 # Starts both servers, runs `stream-tts bench` against each in turn RUNS times (alternating, so
 # machine noise hits both alike), writes OUTDIR/{uvicorn,ray}-N.json and prints server TTFA
 # p50/p95 and underruns per run.
