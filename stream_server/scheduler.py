@@ -11,6 +11,7 @@ writer catches up (``note_written``). Within a session jobs run in order, one at
 k+1 is synthesized while k streams. ``cancel`` drops a session's queued jobs and stops the in-flight
 one at its next chunk (its generator is closed on the worker thread).
 
+The deadline rules, the job and channel records and the pick are in ``stream_server.edf``.
 Where jobs run is a ``Lane`` (``stream_server.lanes``): one ``ThreadLane`` (everything on the one
 worker thread), or one ``ProcessLane`` per engine worker process, each driven by its own scheduler
 thread that picks by the same EDF rule; a started job stays on its lane until it ends.
@@ -25,143 +26,32 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from engine.audio import SegmentShaper
-from engine.base import Engine, EngineError, SynthOptions
-from engine.codec import encoded_seconds
+from engine.base import Engine, EngineError
 from engine.config import AudioConfig
+from stream_server.edf import (
+    CUSHION_MARGIN_S,
+    MAX_CUSHION_S,
+    STARTUP_CUSHION_S,
+    Channel,
+    SegmentAudio,
+    SegmentFailed,
+    SegmentFinished,
+    SynthRequest,
+    WorkerEvent,
+    _Job,
+    missed_deadline,
+    packet_seconds,
+    pick_next,
+)
 from stream_server.errors import SessionLimitError
 from stream_server.lanes import Lane, ThreadLane, WorkerLost
 
 log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.5  # the worker re-checks its state at least this often (shutdown, parking)
-# A session keeps its arrival time as deadline until this much audio is made: a client that starts
-# playing on the first frame then has a cushion while the worker serves the other new sessions
-# (with 60 ms first chunks, 16 simultaneous starts would otherwise run the first ones dry).
-STARTUP_CUSHION_S = 0.25
-# A lane that makes several chunks per step (process lanes) gives a session's first step enough audio
-# to play until the sessions waiting for their first audio behind it have had theirs: (waiting x the
-# measured first-step time / lanes) + this margin, at least STARTUP_CUSHION_S, at most MAX_CUSHION_S.
-# With a fixed 0.25 s, 64 simultaneous starts on 2 lanes ran the first sessions dry before the last
-# ones had started.
-CUSHION_MARGIN_S = 0.15
-MAX_CUSHION_S = 1.0
-
-
-@dataclass(frozen=True)
-class SynthRequest:
-    """One segment to synthesize for one session (built by ``Session``)."""
-
-    generation: int
-    index: int
-    text: str
-    voice: str
-    options: SynthOptions
-    format: str  # "opus" | "pcm_s16le" | "ulaw" | "alaw" (| "mp3" | "ogg_opus": ElevenLabs API)
-    sample_rate: int  # output rate of the encoder, Hz
-    bitrate: int | None = None  # bit/s for opus / mp3 / ogg_opus; None = the format's default
-
-
-@dataclass(frozen=True)
-class SegmentAudio:
-    """Encoded audio of one engine chunk: Opus packets or PCM s16le chunks, ``audio_s`` seconds."""
-
-    request: SynthRequest
-    packets: tuple[bytes, ...]
-    audio_s: float
-
-
-@dataclass(frozen=True)
-class SegmentFinished:
-    request: SynthRequest
-    audio_s: float  # encoded audio of the whole segment (padding and pause included)
-    synth_s: float  # worker wall time spent on this segment (engine + audio post + encoding)
-
-
-@dataclass(frozen=True)
-class SegmentFailed:
-    request: SynthRequest
-    code: str
-    message: str
-
-
-WorkerEvent = SegmentAudio | SegmentFinished | SegmentFailed
-
-
-@dataclass(eq=False)
-class Channel:
-    """One session's scheduling state. Fields are guarded by the scheduler's lock."""
-
-    session_id: str
-    sink: Callable[[WorkerEvent], None]  # runs on the event loop
-    jobs: deque[_Job] = field(default_factory=deque)
-    produced_s: float = 0.0  # audio produced since the clock was last reset
-    written_s: float = 0.0  # of which the socket writer has written this much
-    clock_start: float | None = None  # monotonic time the first audio of this stretch was produced
-    arrival_s: float = 0.0  # arrival of the text that started this stretch
-    closed: bool = False
-
-    def deadline(self) -> float:
-        if self.clock_start is None or self.produced_s < STARTUP_CUSHION_S:
-            return self.arrival_s
-        return self.clock_start + self.produced_s
-
-
-_job_ids = iter(range(1, 1 << 62))  # next() is atomic under the GIL
-
-
-@dataclass(eq=False)
-class _Job:
-    request: SynthRequest
-    channel: Channel
-    job_id: int = field(default_factory=lambda: next(_job_ids))
-    lane: int | None = None  # the lane that started it (its state lives there); None = not started
-    running: bool = False  # a lane is advancing it right now
-    worker_epoch: int | None = None  # process lanes: the worker generation that opened it
-    gen: Iterator[np.ndarray] | None = None
-    shaper: SegmentShaper | None = None
-    encoder: Any = None
-    synth_s: float = 0.0
-    audio_s: float = 0.0
-    cancelled: bool = False
-
-
-def packet_seconds(request: SynthRequest, packet: bytes, frame_ms: float) -> float:
-    """Duration of one binary audio message (``engine.codec.encoded_seconds``)."""
-    return encoded_seconds(request.format, request.sample_rate, packet, frame_ms)
-
-
-def pick_next(channels: Iterable[Channel], max_ahead_s: float, lane: int | None = None) -> _Job | None:
-    """Earliest deadline first: the head job of the unparked channel that needs audio soonest.
-
-    A channel is parked while it has produced ``max_ahead_s`` or more audio the writer has not
-    written yet. Ties keep channel order (first opened first). With ``lane``: only jobs that are
-    not running and are either not started or started on that lane.
-    """
-    best: _Job | None = None
-    best_deadline = 0.0
-    for ch in channels:
-        if not ch.jobs or ch.produced_s - ch.written_s >= max_ahead_s:
-            continue
-        head = ch.jobs[0]
-        if lane is not None and (head.running or head.lane not in (None, lane)):
-            continue
-        deadline = ch.deadline()
-        if best is None or deadline < best_deadline:
-            best, best_deadline = ch.jobs[0], deadline
-    return best
-
-
-def missed_deadline(channel: Channel, now: float) -> bool:
-    """A playing session (past its start-up cushion) whose client has run dry by ``now``: the
-    server is behind real time."""
-    return channel.clock_start is not None and channel.produced_s >= STARTUP_CUSHION_S and now > channel.deadline()
 
 
 class Scheduler:
