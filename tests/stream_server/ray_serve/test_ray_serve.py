@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import io
 import json
 import os
@@ -55,17 +56,35 @@ def _deploy(port: int, options: ray_serve.RayOptions, server: dict[str, Any] | N
 
 
 def _wait_ready(port: int, replicas: int, timeout_s: float = 180.0) -> None:
-    """Until Ray reports every replica running and the proxy answers /healthz."""
+    """Until Ray reports every replica running, the ingress answers /healthz and (HAProxy ingress)
+    HAProxy has health-checked every replica into its backend: until then it sends everything to
+    the replicas it has, or to Ray's proxy as its fallback."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = serve.status().applications.get(ray_serve.APP_NAME)
         if status is not None and str(status.status).endswith("RUNNING"):
             dep = status.deployments[ray_serve.DEPLOYMENT_NAME]
             running = dep.replica_states.get("RUNNING", 0)
-            if running == replicas and _get(port, "/healthz").status_code == 200:
+            if (running == replicas and _get(port, "/healthz").status_code == 200
+                    and _haproxy_servers_up() in (None, replicas)):
                 return
         time.sleep(0.5)
     raise TimeoutError(f"Ray Serve app not ready: {serve.status()}")
+
+
+def _haproxy_servers_up() -> int | None:
+    """Replica servers UP in HAProxy's app backend (its stats page as CSV); None without HAProxy."""
+    stats_port = os.environ.get("RAY_SERVE_HAPROXY_STATS_PORT")
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1" or not stats_port:
+        return None
+    try:
+        text = httpx.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=5).text
+    except httpx.HTTPError:
+        return 0
+    rows = list(csv.DictReader(text.lstrip("# ").splitlines()))
+    return sum(1 for r in rows if r.get("pxname", "").startswith("http-")
+               and r.get("svname") not in ("FRONTEND", "BACKEND")
+               and r.get("bck") != "1" and r.get("status") == "UP")
 
 
 def _get(port: int, path: str) -> httpx.Response:
