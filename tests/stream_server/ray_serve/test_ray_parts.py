@@ -108,3 +108,34 @@ def test_cluster_state_holds_per_key_limits_across_replicas(monkeypatch: pytest.
     assert state.open_sessions("key_1") == 0 and state.open_sessions("key_2") == 0
     # requests per minute are one budget across replicas too
     assert [state.admit("key_3", 3)[0] for _ in range(4)] == ["ok", "ok", "ok", "error"]
+
+
+def test_the_ingress_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_server.ray_serve import ingress
+
+    monkeypatch.setattr(ingress.shutil, "which", lambda name: "/usr/sbin/haproxy")
+    for choice in ("auto", "haproxy"):
+        env = ray_serve.ingress_env(choice)
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+        assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/usr/sbin/haproxy"
+        assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == ingress.PROXY_CALLBACK
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in ray_serve.ingress_env("proxy")
+    monkeypatch.setattr(ingress.shutil, "which", lambda name: None)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in ray_serve.ingress_env("auto")  # falls back to the proxy
+    with pytest.raises(ConfigError, match="haproxy binary"):
+        ray_serve.ingress_env("haproxy")
+    with pytest.raises(ConfigError, match="--ingress"):
+        ray_serve.ingress_env("nginx")
+
+
+def test_the_proxy_callback_turns_deflate_off_in_its_process() -> None:
+    import subprocess
+    import sys
+
+    code = ("import uvicorn; from stream_server.ray_serve.ingress import proxy_setup; "
+            "assert proxy_setup() == []; proxy_setup(); "
+            "print(uvicorn.Config(lambda: None).ws_per_message_deflate, "
+            "uvicorn.Config(lambda: None, ws_per_message_deflate=True).ws_per_message_deflate)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
