@@ -33,8 +33,9 @@ def mp3_frame_samples(rate: int) -> int:
     return 1152 if rate >= 32000 else 576
 
 
-class _Sink:
-    """File-like object the Ogg muxer writes to; ``take`` returns what was written since."""
+class ByteSink:
+    """Write-only file object for PyAV muxers (no ``seek``: they treat the output as a stream);
+    ``take`` returns what was written since the last call."""
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
@@ -134,7 +135,7 @@ class OggOpusEncoder:
         self.frame_size = OGG_OPUS_FRAME
         self.frame_ms: float = 20.0
         self._av = av
-        self._sink = _Sink()
+        self._sink = ByteSink()
         # page_duration 20 ms: every Opus packet gets its own page, written at once
         self._container = av.open(self._sink, "w", format="ogg", options={"page_duration": "20000"})
         self._stream: Any = self._container.add_stream("libopus", rate=out_rate, layout="mono")

@@ -23,7 +23,8 @@ def _python_files(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def _imported_modules(path: Path) -> set[str]:
+def _imported_modules(path: Path, *, members: bool = False) -> set[str]:
+    """Every module an import statement names; ``members``: ``from a import b`` also counts ``a.b``."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -31,6 +32,8 @@ def _imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            if members:
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -69,19 +72,6 @@ def _server_core_files() -> list[Path]:
     ]
 
 
-def _imported_names(path: Path) -> set[str]:
-    """Every module an import statement names, ``from a import b`` counted as ``a`` and ``a.b``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
 def test_the_server_core_is_the_bulk_of_stream_server() -> None:
     core = {p.relative_to(ROOT).as_posix() for p in _server_core_files()}
     assert {"stream_server/app.py", "stream_server/api/openai_speech.py"} <= core
@@ -93,7 +83,7 @@ def test_the_server_core_is_the_bulk_of_stream_server() -> None:
 )
 def test_the_server_core_imports_neither_tools_nor_ray(path: Path) -> None:
     bad = {
-        m for m in _imported_names(path)
+        m for m in _imported_modules(path, members=True)
         if _top(m) == "ray"
         or m.startswith(("stream_server.tools", "stream_server.ray_serve"))
     }

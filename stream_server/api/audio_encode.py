@@ -21,6 +21,8 @@ from typing import Any
 import av
 import numpy as np
 
+from engine.av_encoders import ByteSink
+
 SPEECH_SAMPLE_RATE = 24000
 MIN_TEMPO, MAX_TEMPO = 0.5, 2.0  # one atempo stage
 
@@ -54,22 +56,6 @@ SPEECH_FORMATS: dict[str, SpeechFormat] = {
         SpeechFormat("pcm", "audio/pcm"),
     )
 }
-
-
-class _Sink:
-    """Write-only file object for PyAV (no ``seek``: muxers treat the output as a stream)."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def write(self, data: Any) -> int:
-        self._parts.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        out = b"".join(self._parts)
-        self._parts.clear()
-        return out
 
 
 def _drain(graph: av.filter.Graph) -> list[np.ndarray]:
@@ -153,7 +139,7 @@ class SpeechEncoder:
         self._stretch = TempoStretcher(tempo, sample_rate) if tempo != 1.0 else None
         self.samples_in = 0
         self.samples_out = 0
-        self._sink = _Sink()
+        self._sink = ByteSink()
         self._container: Any = None
         self._stream: Any = None
         self._finished = False
