@@ -51,11 +51,15 @@ class ByteSink:
 
 
 class Mp3FrameEncoder:
-    """float32 PCM at ``in_rate`` -> MP3 frames at ``out_rate``, CBR ``bitrate`` bit/s."""
+    """float32 PCM at ``in_rate`` -> MP3 frames at ``out_rate``, CBR ``bitrate`` bit/s.
+
+    ``quality``: LAME's ``-q`` (0 best and slowest .. 9; None = LAME's default, 3).
+    """
 
     format = "mp3"
 
-    def __init__(self, in_rate: int = 24000, out_rate: int = 44100, bitrate: int = 128000) -> None:
+    def __init__(self, in_rate: int = 24000, out_rate: int = 44100, bitrate: int = 128000,
+                 quality: int | None = None) -> None:
         import av
 
         if out_rate not in MP3_RATES:
@@ -74,6 +78,8 @@ class Mp3FrameEncoder:
         self._cc.layout = "mono"
         self._cc.format = "fltp"
         self._cc.bit_rate = bitrate
+        if quality is not None:
+            self._cc.options = {"compression_level": str(quality)}  # LAME's -q
         self._cc.open()
         self._resampler = StreamingResampler(in_rate, out_rate)
         self._pending = np.zeros(0, dtype=np.float32)

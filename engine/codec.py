@@ -399,7 +399,8 @@ def make_encoder(
     if fmt == "mp3":
         from engine.av_encoders import Mp3FrameEncoder
 
-        return Mp3FrameEncoder(in_rate=in_rate, out_rate=out_rate, bitrate=bitrate or 128000)
+        return Mp3FrameEncoder(in_rate=in_rate, out_rate=out_rate, bitrate=bitrate or 128000,
+                               quality=audio.mp3_quality)
     if fmt == "ogg_opus":
         from engine.av_encoders import OggOpusEncoder
 

@@ -66,4 +66,14 @@ class AudioConfig:
     # libopus complexity 0..10: 4 costs ~3 ms of CPU per second of audio, 5 ~4.5 ms, 10 ~27 ms
     # (measured, engine/codec.py, docs/PERFORMANCE.md); encoders run on the engine workers
     opus_complexity: int = 4
+    # LAME's -q for MP3 (0 best and slowest .. 9): 7 ("fast, ok quality": psychoacoustics without
+    # noise shaping) costs ~11 ms of CPU per second of speech at 64 kbit/s, LAME's default 3 ~21 ms,
+    # for a log-spectral distance below 8 kHz 0.45 dB worse (docs/PERFORMANCE.md)
+    mp3_quality: int = 7
     frame_ms: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.opus_complexity <= 10:
+            raise ValueError(f"opus_complexity must be 0..10, got {self.opus_complexity}")
+        if not 0 <= self.mp3_quality <= 9:
+            raise ValueError(f"mp3_quality must be 0..9, got {self.mp3_quality}")

@@ -8,8 +8,8 @@ request outstanding per process, so the pipe is bounded by construction.
 Requests (tuples, pickled by ``multiprocessing.connection``):
 
 - ``("step", job_id, open_spec | None, min_audio_s, budget_s)``: advance a job; ``open_spec`` starts
-  it (``OpenSpec``). Runs engine chunks through the ``SegmentShaper`` and the encoder until at least
-  ``min_audio_s`` of audio is encoded, ``budget_s`` of wall time is spent, or the segment ends.
+  it (``OpenSpec``). Runs engine chunks through the ``SegmentShaper`` and the encoder until the packets hold at
+  least ``min_audio_s`` of audio, ``budget_s`` of wall time is spent, or the segment ends.
   Answer ``("ok", packets, finished, synth_s)`` or ``("err", code, message)`` (the job is dropped).
 - ``("close", job_ids)``: drop cancelled jobs (their generators are closed). Answer ``("ok",)``.
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from engine.audio import SegmentShaper
 from engine.base import Engine, EngineError, SynthOptions
-from engine.codec import AudioEncoder, make_encoder
+from engine.codec import AudioEncoder, encoded_seconds, make_encoder
 from engine.config import AudioConfig
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class _Segment:
     gen: Iterator[np.ndarray]
     shaper: SegmentShaper
     encoder: AudioEncoder
+    format: str
+    sample_rate: int
 
     def close(self) -> None:
         close = getattr(self.gen, "close", None)
@@ -93,14 +95,15 @@ class SegmentRunner:
         encoder = make_encoder(spec.format, spec.sample_rate, a, rate, bitrate=spec.bitrate)
         shaper = SegmentShaper(rate, a.fade_in_ms, a.fade_out_ms, a.pause_ms)
         gen = iter(self.engine.synthesize(spec.text, spec.voice, spec.options, fast_start=spec.fast_start))
-        self.segments[job_id] = _Segment(gen, shaper, encoder)
+        self.segments[job_id] = _Segment(gen, shaper, encoder, spec.format, spec.sample_rate)
 
     def step(self, job_id: int, min_audio_s: float, budget_s: float) -> tuple[list[bytes], bool]:
         """Advance one segment: (packets, finished). Raises what the engine raises (job dropped)."""
         seg = self.segments[job_id]
         t0 = time.perf_counter()
         packets: list[bytes] = []
-        n_samples = 0
+        encoded_s = 0.0  # of the packets (an MP3 encoder holds back ~50 ms of what it was fed)
+        frame_ms = float(self.audio.frame_ms)
         finished = False
         try:
             while True:
@@ -111,9 +114,10 @@ class SegmentRunner:
                     packets += seg.encoder.flush()
                     finished = True
                     break
-                packets += seg.encoder.encode(seg.shaper.process(chunk))
-                n_samples += chunk.shape[0]
-                if n_samples >= min_audio_s * self.engine.sample_rate or time.perf_counter() - t0 >= budget_s:
+                new = seg.encoder.encode(seg.shaper.process(chunk))
+                packets += new
+                encoded_s += sum(encoded_seconds(seg.format, seg.sample_rate, p, frame_ms) for p in new)
+                if encoded_s >= min_audio_s or time.perf_counter() - t0 >= budget_s:
                     break
         except BaseException:
             self.close([job_id])

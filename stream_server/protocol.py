@@ -57,6 +57,9 @@ class Start:
     format: AudioFormat | None = None
     sample_rate: int | None = None
     options: StartOptions = field(default_factory=StartOptions)
+    # bit/s for the encoders that take one (mp3, ogg_opus, opus); set by the HTTP and ElevenLabs
+    # APIs, not parsed from a /v1/stream message (None = the format's default)
+    bitrate: int | None = None
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ class Session:
         self.format: str = config.server.default_format
         self.sample_rate = self._default_rate(self.format)
         self.options = SynthOptions()
+        self.bitrate: int | None = None
         self.text_chars = 0
         self.protocol_errors = 0
         # session totals
@@ -270,6 +271,7 @@ class Session:
         )
         options.validate()  # InvalidOptionError -> error invalid_option, still NEW
         self.voice, self.format, self.sample_rate, self.options = voice, fmt, rate, options
+        self.bitrate = msg.bitrate
         self.phase = Phase.OPEN
         ready = Ready(
             protocol_version=PROTOCOL_VERSION,
@@ -342,6 +344,7 @@ class Session:
                 options=self.options,
                 format=self.format,
                 sample_rate=self.sample_rate,
+                bitrate=self.bitrate,
             )
             utt.backlog.append((request, now))
         return self._pump()

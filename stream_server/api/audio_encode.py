@@ -38,6 +38,9 @@ class SpeechFormat:
     bit_rate: int | None = None
     container_options: tuple[tuple[str, str], ...] = ()
     codec_options: tuple[tuple[str, str], ...] = ()
+    # the session format (engine.codec.make_encoder) whose items, concatenated, are this body: the
+    # engine workers then encode it next to the synthesis, on every core, instead of this process
+    session_format: str | None = None
 
 
 # Latency notes: Ogg pages are cut every 20 ms (the muxer's default is 1 s); FLAC blocks are 1152
@@ -48,7 +51,7 @@ SPEECH_FORMATS: dict[str, SpeechFormat] = {
     f.name: f
     for f in (
         SpeechFormat("mp3", "audio/mpeg", "mp3", "libmp3lame", 64000,
-                     (("id3v2_version", "0"), ("write_xing", "0"))),
+                     (("id3v2_version", "0"), ("write_xing", "0")), session_format="mp3"),
         SpeechFormat("opus", "audio/ogg", "ogg", "libopus", 32000, (("page_duration", "20000"),)),
         SpeechFormat("aac", "audio/aac", "adts", "aac", 64000, (), (("aac_coder", "fast"),)),
         SpeechFormat("flac", "audio/flac", "flac", "flac", None, (), (("frame_size", "1152"),)),
@@ -131,10 +134,12 @@ class SpeechEncoder:
     stretch). Not thread-safe: one caller at a time, in order.
     """
 
-    def __init__(self, fmt: str, *, tempo: float = 1.0, sample_rate: int = SPEECH_SAMPLE_RATE) -> None:
+    def __init__(self, fmt: str, *, tempo: float = 1.0, sample_rate: int = SPEECH_SAMPLE_RATE,
+                 mp3_quality: int | None = None) -> None:
         if fmt not in SPEECH_FORMATS:
             raise ValueError(f"unknown speech format {fmt!r}")
         self.format = SPEECH_FORMATS[fmt]
+        self.mp3_quality = mp3_quality  # LAME's -q (engine.config.AudioConfig.mp3_quality)
         self.sample_rate = sample_rate
         self._stretch = TempoStretcher(tempo, sample_rate) if tempo != 1.0 else None
         self.samples_in = 0
@@ -143,11 +148,32 @@ class SpeechEncoder:
         self._container: Any = None
         self._stream: Any = None
         self._finished = False
+        self._precoded = False
 
     @property
     def passthrough(self) -> bool:
         """Raw PCM at the engine's tempo: bytes pass through unchanged (no need for a thread)."""
         return self.format.container is None and self._stretch is None
+
+    @property
+    def inline(self) -> bool:
+        """``encode``/``finish`` are cheap enough for the event loop: raw PCM, or a precoded body
+        (nothing left to encode; an MP3 elementary stream has no trailer)."""
+        return self.passthrough or self._precoded
+
+    @property
+    def session_format(self) -> str | None:
+        """The session format that makes this body in the engine workers (MP3 at the engine's
+        tempo), or None: the session then speaks PCM and this encoder encodes it."""
+        return self.format.session_format if self._stretch is None else None
+
+    def precoded(self, data: bytes, audio_s: float) -> bytes:
+        """Body bytes the workers encoded (``session_format``), ``audio_s`` seconds: counted, passed on."""
+        n = round(audio_s * self.sample_rate)
+        self._precoded = True
+        self.samples_in += n
+        self.samples_out += n
+        return data
 
     def open(self) -> None:
         """Set up the codec and muxer now (done on first use otherwise; idempotent)."""
@@ -160,8 +186,11 @@ class SpeechEncoder:
             self._sink, "w", format=f.container,
             options={"flush_packets": "1", "fflags": "+bitexact", **dict(f.container_options)},
         )
+        options = dict(f.codec_options)
+        if f.codec == "libmp3lame" and self.mp3_quality is not None:
+            options["compression_level"] = str(self.mp3_quality)
         self._stream = self._container.add_stream(
-            f.codec, rate=self.sample_rate, layout="mono", options=dict(f.codec_options)
+            f.codec, rate=self.sample_rate, layout="mono", options=options
         )
         if f.bit_rate is not None:
             self._stream.bit_rate = f.bit_rate
@@ -202,6 +231,8 @@ class SpeechEncoder:
         if self._finished:
             return b""
         self._finished = True
+        if self._precoded:
+            return b""
         out = b""
         if self._stretch is not None:
             out += self._encode_samples(self._stretch.flush())

@@ -106,7 +106,7 @@ class ElevenLabsContext:
         """Start the session with the connection's voice and format and the context's speed."""
         fmt = self.params.output_format
         start = Start(voice=voice, format=fmt.codec,  # type: ignore[arg-type]  # a make_encoder format
-                      sample_rate=fmt.sample_rate,
+                      sample_rate=fmt.sample_rate, bitrate=fmt.bitrate,
                       options=StartOptions(speed=speed, seed=self.params.seed))
         self.started = True
         return self._translate(self.session.on_message(start))

@@ -4,7 +4,9 @@
 The speech route streams: the text goes through a ``SpeechStream`` (the same session, chunker and
 scheduler as ``/v1/stream``), the response starts with the first synthesized audio, and every batch
 of PCM is encoded (``SpeechEncoder``, on a worker thread: never on the event loop) and written at
-once. The response status is decided by the first event: audio gives 200, an error before any
+once. An MP3 body at the engine's tempo is encoded by the engine workers instead, segment by segment
+next to the synthesis (the session speaks ``mp3``; the frames pass through): on every core, and
+without this process's GIL, which 16 concurrent MP3 encodes here turned into the bottleneck. The response status is decided by the first event: audio gives 200, an error before any
 audio gives its OpenAI-shaped error. A segment that fails later is skipped (``audio``; logged) or
 reported as an ``error`` event (``sse``), as a ``/v1/stream`` session reports it and goes on.
 
@@ -111,7 +113,8 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
                    pools: tuple[concurrent.futures.Executor, concurrent.futures.Executor] | None = None) -> _Pieces:
     """Body pieces in order; a failure before any audio raises its ``OpenAIError`` instead.
 
-    A batch is encoded in slices: the first slice of the response is short, so its first bytes
+    A precoded batch (``encoder.session_format``) passes through. Otherwise a batch is encoded in
+    slices: the first slice of the response is short, so its first bytes
     do not wait for a whole engine chunk to be encoded (about 2 % of the audio time for MP3).
     ``pools`` = (first, bulk): slices before the first bytes run on the first pool, so they do not
     queue behind other responses' bulk encoding; the bulk pool (one thread) caps what encoding
@@ -127,8 +130,13 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
             yield event
             continue
         batch: AudioBatch = event
-        if encoder.passthrough:
-            out = encoder.encode(batch.pcm)
+        if encoder.session_format is not None:  # the engine workers encoded it
+            out = encoder.precoded(batch.data, batch.audio_s)
+            if out:
+                started = True
+                yield out
+        elif encoder.passthrough:
+            out = encoder.encode(batch.data)
             if out:
                 started = True
                 yield out
@@ -137,13 +145,13 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
                 await opened
                 opened = None
             pos = 0
-            while pos < len(batch.pcm):
+            while pos < len(batch.data):
                 if started:
-                    piece = batch.pcm[pos : pos + _SLICE_BYTES]
+                    piece = batch.data[pos : pos + _SLICE_BYTES]
                     out = await loop.run_in_executor(bulk_pool, encoder.encode, piece)
                     pos += len(piece)
                 else:  # one hop to the thread pool, not one per slice (each waits for the loop)
-                    out, used = await loop.run_in_executor(first_pool, _first_bytes, encoder, batch.pcm[pos:])
+                    out, used = await loop.run_in_executor(first_pool, _first_bytes, encoder, batch.data[pos:])
                     pos += used
                 if out:
                     started = True
@@ -157,7 +165,7 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
             bulk_pool, encoder.encode, silence)
         if out:
             yield out
-    tail = encoder.finish() if encoder.passthrough else await loop.run_in_executor(bulk_pool, encoder.finish)
+    tail = encoder.finish() if encoder.inline else await loop.run_in_executor(bulk_pool, encoder.finish)
     if tail:
         yield tail
 
@@ -246,11 +254,12 @@ def create_openai_router(hub: Hub, *, dependencies: Sequence[Any] = ()) -> APIRo
         voice = resolve_voice(body.voice, ours, engine.default_voice, aliases)
         plan = plan_speed(body.speed)
         sid = "oa-" + uuid.uuid4().hex[:12]
-        encoder = SpeechEncoder(body.response_format, tempo=plan.tempo)
+        encoder = SpeechEncoder(body.response_format, tempo=plan.tempo,
+                                mp3_quality=hub.config.audio.mp3_quality)
         stream = SpeechStream(hub, sid)
         streams.add(stream)
         # the codec opens on a thread while the engine makes the first audio
-        opened = None if encoder.passthrough else asyncio.ensure_future(
+        opened = None if encoder.passthrough or encoder.session_format else asyncio.ensure_future(
             asyncio.get_running_loop().run_in_executor(first_pool, encoder.open))
         pieces = _encoded(stream, encoder, opened, (first_pool, bulk_pool))
         sse = body.stream_format == "sse"
@@ -265,7 +274,11 @@ def create_openai_router(hub: Hub, *, dependencies: Sequence[Any] = ()) -> APIRo
             streams.discard(stream)
 
         try:
-            stream.begin(body.input, voice, plan.engine_speed)
+            if encoder.session_format is None:
+                stream.begin(body.input, voice, plan.engine_speed)
+            else:
+                stream.begin(body.input, voice, plan.engine_speed, fmt=encoder.session_format,
+                             bitrate=encoder.format.bit_rate)
             try:
                 first = await anext(body_iter)
             except StopAsyncIteration:

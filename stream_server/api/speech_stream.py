@@ -1,10 +1,10 @@
 """One HTTP speech request through the same machinery as a ``/v1/stream`` session.
 
 ``SpeechStream`` is the HTTP counterpart of ``connection.Connection``: it drives a ``Session`` (the
-state machine, fed ``start`` with 24 kHz ``pcm_s16le``, the whole input as one ``text``, then
+state machine, fed ``start`` with 24 kHz ``pcm_s16le``, or ``mp3`` when the body is MP3, the whole input as one ``text``, then
 ``end``), submits its segments to the ``Scheduler`` (the engine worker thread: synthesis, audio post
 and the PCM codec run there, earliest deadline first with every other session) and collects the
-PCM frames the session emits. ``batches()`` hands them out in order, merged into batches (each
+frames the session emits. ``batches()`` hands them out in order, merged into batches (each
 batch is encoded and written as one piece). ``written(batch)`` is called once the batch has gone to
 the socket: it drives the scheduler's backpressure (a session more than ``max_ahead_s`` of audio
 ahead of its writer is parked), so a slow HTTP reader holds the server's buffer to that bound.
@@ -34,9 +34,10 @@ _FRAME_SLACK = 256  # queue bound beyond max_ahead_s, in frames (one engine chun
 
 @dataclass(frozen=True)
 class AudioBatch:
-    """Consecutive PCM frames (s16le, 24 kHz) of the response, ``audio_s`` seconds."""
+    """Consecutive items of the response, ``audio_s`` seconds: s16le PCM at 24 kHz, or the
+    session format's frames (``begin(..., fmt=...)``; MP3 frames for an mp3 body)."""
 
-    pcm: bytes
+    data: bytes
     items: tuple[OutItem, ...]
     audio_s: float
 
@@ -64,10 +65,12 @@ class SpeechStream:
         self._ended = False
         self.closed = False
 
-    def begin(self, text: str, voice: str, engine_speed: float) -> None:
-        """Start the session and hand it the whole input (errors arrive through ``batches``)."""
-        start = Start(voice=voice, format="pcm_s16le", sample_rate=PCM_RATE,
-                      options=StartOptions(speed=engine_speed))
+    def begin(self, text: str, voice: str, engine_speed: float, *, fmt: str = "pcm_s16le",
+              bitrate: int | None = None) -> None:
+        """Start the session and hand it the whole input (errors arrive through ``batches``).
+        ``fmt``: the session format at 24 kHz (``engine.codec.make_encoder``), ``bitrate`` its bit/s."""
+        start = Start(voice=voice, format=fmt, sample_rate=PCM_RATE,  # type: ignore[arg-type]
+                      options=StartOptions(speed=engine_speed), bitrate=bitrate)
         self._apply(self.session.on_message(start))
         if self.session.phase is Phase.OPEN:
             self._apply(self.session.on_message(Text(text)))
@@ -87,8 +90,8 @@ class SpeechStream:
                 assert isinstance(item, OutItem)
                 items.append(item)
             if items:
-                pcm = b"".join(i.payload for i in items if isinstance(i.payload, bytes))
-                yield AudioBatch(pcm, tuple(items), sum(i.audio_s for i in items))
+                data = b"".join(i.payload for i in items if isinstance(i.payload, bytes))
+                yield AudioBatch(data, tuple(items), sum(i.audio_s for i in items))
             else:
                 failure = self._queue.popleft()
                 assert isinstance(failure, StreamFailure)

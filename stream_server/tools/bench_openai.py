@@ -8,8 +8,8 @@ path's TTFB next to the WebSocket path's TTFA. The HTTP client is h11 (uvicorn's
 state machine) over asyncio streams, so the command needs nothing beyond the server's dependencies.
 
 Encoder cost (``--encoder-cost``, on by default) is measured in-process: the bench paragraphs are
-synthesized once with eSpeak, and each format's ``SpeechEncoder`` encodes that PCM in the engine's
-chunks; cost = encoding CPU time (of the encoding thread, so other load on the machine does not
+synthesized once with eSpeak, and each format's encoder encodes that PCM in the engine's chunks (the
+server's: ``SpeechEncoder``, or for MP3 the engine workers' ``make_encoder("mp3")``); cost = encoding CPU time (of the encoding thread, so other load on the machine does not
 count) / audio duration (median of ``--encoder-repeats`` runs).
 """
 
@@ -147,24 +147,32 @@ async def run_levels(args: argparse.Namespace) -> list[dict[str, Any]]:
 def encoder_cost(texts: list[str], formats: list[str], repeats: int) -> dict[str, float]:
     """Encoding CPU time / audio time (percent) per format, on eSpeak speech of ``texts``."""
     from engine.base import SynthOptions
-    from engine.codec import float_to_s16
-    from engine.config import EngineConfig
+    from engine.codec import float_to_s16, make_encoder
+    from engine.config import AudioConfig, EngineConfig
     from engine.factory import create_engine
-    from stream_server.api.audio_encode import SpeechEncoder
+    from stream_server.api.audio_encode import SPEECH_SAMPLE_RATE, SpeechEncoder
 
     engine, _ = create_engine(EngineConfig(engine="espeak"))
-    chunks = [float_to_s16(c).astype("<i2").tobytes()
-              for text in texts for c in engine.synthesize(text, engine.default_voice, SynthOptions())]
-    audio_s = sum(len(c) for c in chunks) / 2 / engine.sample_rate
+    audio = AudioConfig()
+    floats = [c for text in texts for c in engine.synthesize(text, engine.default_voice, SynthOptions())]
+    chunks = [float_to_s16(c).astype("<i2").tobytes() for c in floats]
+    audio_s = sum(len(c) for c in floats) / engine.sample_rate
     out = {}
     for fmt in formats:
         runs = []
         for _ in range(repeats):
             t0 = time.thread_time()  # CPU time of this thread: the machine may be busy
-            enc = SpeechEncoder(fmt)
-            for c in chunks:
-                enc.encode(c)
-            enc.finish()
+            speech = SpeechEncoder(fmt, mp3_quality=audio.mp3_quality)  # (PCM at 22.05 kHz read as 24)
+            if speech.session_format is not None:  # the server's engine workers encode this one
+                worker = make_encoder(speech.session_format, SPEECH_SAMPLE_RATE, audio, engine.sample_rate,
+                                      bitrate=speech.format.bit_rate)
+                for f in floats:
+                    worker.encode(f)
+                worker.flush()
+            else:
+                for c in chunks:
+                    speech.encode(c)
+                speech.finish()
             runs.append(time.thread_time() - t0)
         out[fmt] = 100.0 * statistics.median(runs) / audio_s
     return out

@@ -63,6 +63,21 @@ def test_ogg_opus_streams_one_page_per_20_ms_and_chains() -> None:
     assert samples.shape[0] / rate == pytest.approx(1.5, abs=0.05)
 
 
+def test_mp3_quality_reaches_lame() -> None:
+    # AudioConfig.mp3_quality is LAME's -q: another setting, another bitstream of the same audio
+    audio = tone(1.0) * np.linspace(0.2, 1.0, 24000, dtype=np.float32)
+    out = {}
+    for q in (3, 7):
+        enc = make_encoder("mp3", 24000, AudioConfig(mp3_quality=q), 24000, bitrate=64000)
+        out[q] = b"".join(stream(enc, audio))
+        assert decode(out[q], "mp3")[0].shape[0] >= 24000
+    assert out[3] != out[7]
+    with pytest.raises(ValueError, match="mp3_quality"):
+        AudioConfig(mp3_quality=10)
+    with pytest.raises(ValueError, match="opus_complexity"):
+        AudioConfig(opus_complexity=-1)
+
+
 def test_bad_rates_and_bitrates_are_refused() -> None:
     with pytest.raises(UnsupportedSampleRateError):
         Mp3FrameEncoder(24000, 16000)

@@ -78,6 +78,21 @@ def test_every_format_streams_audio_of_the_expected_length(client: openai.OpenAI
     assert abs(dominant_hz(pcm, rate) - 220.0) < 10.0  # "alloy" speaks with the default voice "low"
 
 
+@pytest.mark.parametrize("speed", [1.0, 3.0])
+def test_mp3_of_several_segments_keeps_their_length(client: openai.OpenAI, speed: float) -> None:
+    # at the engine's tempo the engine encodes each segment as its own MP3 stream (chained, each
+    # with up to 72 ms of priming and padding); beyond the engine's speeds the server stretches the
+    # PCM and encodes it as one stream
+    text = "The first sentence is right here. A second one follows it now. And a third one ends it."
+    pcm_data, _, _ = speak(client, input=text, response_format="pcm", speed=speed)
+    mp3_data, _, _ = speak(client, input=text, response_format="mp3", speed=speed)
+    want = len(pcm_data) / 2 / SR
+    mp3, rate = decode(mp3_data, "mp3")
+    segments = 3 if speed == 1.0 else 1
+    assert rate == SR and want <= len(mp3) / rate <= want + segments * 0.075
+    assert abs(dominant_hz(mp3, rate) - 220.0) < 10.0
+
+
 def test_pcm_is_exactly_the_session_audio(client: openai.OpenAI) -> None:
     data, _, _ = speak(client, response_format="pcm")
     assert len(data) == round(expected_s() * SR) * 2

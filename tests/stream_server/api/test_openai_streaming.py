@@ -4,6 +4,7 @@ that does not read parks the session (bounded buffering), a client that leaves f
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import httpx
@@ -39,6 +40,23 @@ def test_first_bytes_arrive_while_later_segments_are_not_synthesized_yet() -> No
     assert calls_at_first < len(SENTENCES)  # later segments were not even started
     assert len(engine.calls) == len(SENTENCES)
     assert first_s < total_s / 2
+
+
+def test_mp3_is_encoded_next_to_the_synthesis_and_aac_by_the_server() -> None:
+    # MP3 at the engine's tempo: the session speaks mp3, so the engine's lane (a worker process with
+    # [server] workers > 1) encodes it; the server's own encoder threads stay unused
+    def encoder_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("speech-")}
+
+    with serve_app(create_app(make_config(), SineBurstEngine())) as url, \
+            openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
+        before = encoder_threads()
+        mp3 = client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="mp3")
+        assert mp3.content[:2] in (b"\xff\xf3", b"\xff\xf2")  # an MPEG-2 Layer III frame (24 kHz)
+        assert not encoder_threads() - before
+        aac = client.audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="aac")
+        assert aac.content[:2] == b"\xff\xf1"  # ADTS
+        assert encoder_threads() - before
 
 
 async def test_unread_audio_parks_the_session_until_the_writer_catches_up() -> None:
