@@ -114,11 +114,11 @@ def _engine_factory(path: str) -> Callable[[EngineConfig], tuple[Engine, str]]:
 class StreamTTSReplica:
     """One Ray Serve replica: builds the app (its own engine and worker) at replica start."""
 
-    def __init__(self, config: AppConfig, options: RayOptions) -> None:
+    def __init__(self, config: AppConfig, engine_factory: str = "") -> None:
         from ray import serve
 
         self.config = config
-        self.options = options
+        self.engine_factory = engine_factory
         self.replica_id: str = serve.get_replica_context().replica_id.unique_id
         self.hub: Any = None
         self.directory = _named_actor(ClusterStateImpl, DIRECTORY_ACTOR)
@@ -129,8 +129,8 @@ class StreamTTSReplica:
 
         engine: Engine | None = None
         reason = "auto"
-        if self.options.engine_factory:
-            engine, reason = _engine_factory(self.options.engine_factory)(self.config.engine)
+        if self.engine_factory:
+            engine, reason = _engine_factory(self.engine_factory)(self.config.engine)
         app = create_app(
             self.config,
             engine,
@@ -212,7 +212,9 @@ def build_application(config: AppConfig, options: RayOptions) -> Any:
         deployment_options["num_replicas"] = options.replicas
     ingress = serve.ingress()(StreamTTSReplica)
     deployment = serve.deployment(**deployment_options)(ingress)
-    return deployment.bind(config, options)
+    # only what a replica needs: a change of replica count, autoscaling or grace period is then
+    # a change of the deployment's options, which Ray applies without restarting every replica
+    return deployment.bind(config, options.engine_factory)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -111,9 +111,14 @@ def ray_port() -> Iterator[int]:
         ray.shutdown()
 
 
+ESPEAK_SERVER = {"token_secret": "fixed-for-redeploys-0123456789"}  # else each deploy draws one
+GRACE_S = 10.0
+
+
 @pytest.fixture(scope="module")
 def espeak_app(ray_port: int) -> Iterator[int]:
-    _deploy(ray_port, ray_serve.RayOptions(replicas=2, num_cpus=0.5), engine="espeak")
+    options = ray_serve.RayOptions(replicas=2, num_cpus=0.5, graceful_shutdown_s=GRACE_S)
+    _deploy(ray_port, options, ESPEAK_SERVER, engine="espeak")
     yield ray_port
     serve.delete(ray_serve.APP_NAME)
 
@@ -255,6 +260,76 @@ def test_killing_a_replica_ends_only_its_sessions(espeak_app: int) -> None:
         assert r["pcm"] == round(r["done"]["audio_ms"] * 48)
     assert after["close"] == 1000 and after["done"] is not None  # new sessions work at once
     _wait_ready(espeak_app, 2)  # and Ray brings the killed replica back
+
+
+async def _held_session(port: int, text: str, pieces: int, gap_s: float, hold_s: float,
+                        opened: asyncio.Event) -> dict[str, Any]:
+    """A session that speaks ``text`` in one turn, then stays connected up to ``hold_s`` (as a
+    chat client does between turns): its audio, its ``flushed``, and who closed it when."""
+    out: dict[str, Any] = {"replica": None, "pcm": 0, "flushed": None, "close": None,
+                           "closed_after_s": None}
+    words = text.split(" ")
+    step = max(1, len(words) // pieces)
+    chunks = [" ".join(words[i:i + step]) + " " for i in range(0, len(words), step)]
+    async with connect(f"ws://127.0.0.1:{port}/v1/stream") as ws:
+        out["replica"] = ws.response.headers[REPLICA_HEADER]
+        await ws.send(json.dumps({"type": "start", "format": "pcm_s16le"}))
+        opened.set()
+        for chunk in chunks:
+            await ws.send(json.dumps({"type": "text", "text": chunk}))
+            await asyncio.sleep(gap_s)
+        await ws.send(json.dumps({"type": "flush"}))
+        t_flushed = time.monotonic()
+        try:
+            async with asyncio.timeout(hold_s):
+                async for msg in ws:
+                    if isinstance(msg, bytes):
+                        out["pcm"] += len(msg)
+                    elif json.loads(msg)["type"] == "flushed":
+                        out["flushed"] = json.loads(msg)
+                        t_flushed = time.monotonic()
+            out["close"] = ws.close_code  # the server (or the ingress) closed it
+            out["closed_after_s"] = time.monotonic() - t_flushed
+        except TimeoutError:
+            pass  # still open after hold_s: closed by us on the way out
+        except ConnectionClosed:
+            out["close"] = ws.close_code
+            out["closed_after_s"] = time.monotonic() - t_flushed
+    return out
+
+
+def test_replicas_leaving_finish_their_turns_then_close_for_a_reconnect(espeak_app: int) -> None:
+    """A redeploy (Ray replaces every replica; a scale-down drains a replica the same way) while a
+    session speaks on each replica: both turns end with all their audio, then each socket is
+    closed with 1012 (service restart: reconnect) within the grace period; new sessions go to the
+    new replicas."""
+    long_text = " ".join([TEXT] * 3)
+
+    async def run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        # one session on each replica: the ingress balances by open connections
+        first_open, second_open = asyncio.Event(), asyncio.Event()
+        first = asyncio.create_task(_held_session(espeak_app, long_text, 6, 0.4, 90, first_open))
+        await first_open.wait()
+        second = asyncio.create_task(_held_session(espeak_app, long_text, 6, 0.4, 90, second_open))
+        await second_open.wait()
+        await asyncio.sleep(0.5)  # both are speaking
+        options = ray_serve.RayOptions(replicas=2, num_cpus=0.5, graceful_shutdown_s=GRACE_S)
+        redeploy = asyncio.create_task(asyncio.to_thread(
+            _deploy, espeak_app, options, ESPEAK_SERVER, engine="espeak"))
+        results = await asyncio.gather(first, second)
+        await redeploy
+        after = await asyncio.wait_for(_session(espeak_app, TEXT), 60)
+        return list(results), after
+
+    results, after = asyncio.run(asyncio.wait_for(run(), 300))
+    assert len({r["replica"] for r in results}) == 2, [r["replica"] for r in results]
+    for r in results:
+        # the turn finished: `flushed` and every byte it announced ...
+        assert r["flushed"] is not None and r["pcm"] == round(r["flushed"]["audio_ms"] * 48) > 48_000
+        # ... then the leaving replica closed the idle socket for a reconnect
+        assert r["close"] == 1012 and r["closed_after_s"] < GRACE_S + 30, r
+    assert after["close"] == 1000 and after["done"] is not None
+    assert after["replica"] not in {r["replica"] for r in results}
 
 
 def _clip_wav(seconds: float = 1.5) -> bytes:
