@@ -16,6 +16,7 @@ out a list of byte strings, **one per codec frame**, so every item has a known d
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ MP3_RATES = (22050, 24000, 44100)
 MP3_BITRATES = (32, 48, 64, 96, 128, 192)  # kbit/s
 OGG_OPUS_RATE = 48000
 OGG_OPUS_FRAME = 960  # 20 ms at 48 kHz
+_SILENT = 1e-6  # |sample| at or below this is silence (-120 dBFS; a resampler's rounding of zeros)
 
 
 def mp3_frame_samples(rate: int) -> int:
@@ -50,10 +52,35 @@ class ByteSink:
         return out
 
 
+@functools.cache
+def _lame_extra_frames(rate: int, bitrate: int, quality: int | None) -> int:
+    """Frames LAME emits beyond ``ceil(samples / frame)`` for one stream: its encoder delay and the
+    decoder's, rounded up to whole frames (2 at 22.05 / 24 kHz, 1 at 44.1 kHz). Measured once per
+    setting by encoding one sample, so it follows the LAME that is installed."""
+    import av
+
+    cc = av.CodecContext.create("libmp3lame", "w")
+    cc.sample_rate, cc.layout, cc.format, cc.bit_rate = rate, "mono", "fltp", bitrate
+    if quality is not None:
+        cc.options = {"compression_level": str(quality)}
+    cc.open()
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, mp3_frame_samples(rate)), np.float32),
+                                       format="fltp", layout="mono")
+    frame.sample_rate = rate
+    frame.pts = 0
+    return len(list(cc.encode(frame)) + list(cc.encode(None))) - 1
+
+
 class Mp3FrameEncoder:
     """float32 PCM at ``in_rate`` -> MP3 frames at ``out_rate``, CBR ``bitrate`` bit/s.
 
     ``quality``: LAME's ``-q`` (0 best and slowest .. 9; None = LAME's default, 3).
+
+    Each encoder is one MP3 stream, and a decoder plays LAME's delay (~46 ms at 24 kHz) as silence
+    before it and the last frame's padding after it: one stream per segment would lengthen every
+    segment by 48-72 ms. So trailing silence (the segment's pause) is held back as it comes, and
+    ``flush`` keeps only as much of it as makes the decoded stream as long as its input (within half
+    a frame). Audio is never cut: only samples of the input's silent tail are dropped.
     """
 
     format = "mp3"
@@ -85,6 +112,10 @@ class Mp3FrameEncoder:
         self._pending = np.zeros(0, dtype=np.float32)
         self._pts = 0
         self.frames = 0
+        self._extra = _lame_extra_frames(out_rate, bitrate, quality)
+        self._hold_max = (self._extra + 1) * self.frame_size
+        self._held = 0  # trailing silent samples not passed on yet
+        self._fed = 0  # samples passed on to the codec (pending included)
 
     @property
     def duration_s(self) -> float:
@@ -116,12 +147,45 @@ class Mp3FrameEncoder:
         self.frames += len(out)
         return out
 
+    def _decoded(self, samples: int) -> int:
+        """Samples a decoder outputs for a stream of ``samples`` input samples (``samples`` > 0)."""
+        fs = self.frame_size
+        return (-(-samples // fs) + self._extra) * fs
+
+    def _silence_to_keep(self, fed: int) -> int:
+        """Of the held silence, the samples that make the decoded stream closest to the input."""
+        held, fs = self._held, self.frame_size
+        if fed == 0:
+            return held  # silence only: keep it all
+        want = fed + held
+        ks = {0, held} | {j * fs - fed for j in range(fed // fs, (fed + held) // fs + 1)}
+        return min((k for k in ks if 0 <= k <= held), key=lambda k: (abs(self._decoded(fed + k) - want), -k))
+
+    def _feed(self, y: np.ndarray, final: bool) -> list[bytes]:
+        loud = np.flatnonzero(np.abs(y) > _SILENT)
+        if loud.shape[0]:
+            end = int(loud[-1]) + 1
+            head = np.concatenate([np.zeros(self._held, np.float32), y[:end]]) if self._held else y[:end]
+            self._held = y.shape[0] - end
+        else:
+            head = y[:0]
+            self._held += y.shape[0]
+        if self._held > self._hold_max:  # more silence than the delay needs: pass the excess on
+            head = np.concatenate([head, np.zeros(self._held - self._hold_max, np.float32)])
+            self._held = self._hold_max
+        if final:
+            keep = self._silence_to_keep(self._fed + head.shape[0])
+            head = np.concatenate([head, np.zeros(keep, np.float32)])
+            self._held = 0
+        self._fed += head.shape[0]
+        return self._run(head.astype(np.float32, copy=False), final)
+
     def encode(self, pcm: np.ndarray) -> list[bytes]:
-        return self._run(self._resampler.process(pcm), final=False)
+        return self._feed(self._resampler.process(pcm), final=False)
 
     def flush(self) -> list[bytes]:
         """The rest (the last frame zero-padded) and the encoder's delayed frames; ends the stream."""
-        return self._run(self._resampler.flush(), final=True)
+        return self._feed(self._resampler.flush(), final=True)
 
 
 class OggOpusEncoder:

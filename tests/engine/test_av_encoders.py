@@ -42,6 +42,30 @@ def test_mp3_frames_decode_to_the_right_rate_and_length(rate: int) -> None:
     assert 0.3 < float(np.abs(samples).max()) < 0.7
 
 
+@pytest.mark.parametrize("rate", MP3_RATES)
+def test_a_segments_mp3_stream_is_as_long_as_the_segment(rate: int) -> None:
+    # a segment is sound then its pause: LAME's delay is taken out of the pause, so one MP3 stream
+    # per segment does not lengthen each segment by 48-72 ms, and none of the sound is lost
+    for seconds in (0.3, 0.77, 1.31):
+        sound = tone(seconds)
+        audio = np.concatenate([sound, np.zeros(2880, np.float32)])  # + 120 ms of pause at 24 kHz
+        enc = make_encoder("mp3", rate, AudioConfig(), 24000, bitrate=64000)
+        samples, _ = decode(b"".join(stream(enc, audio)), "mp3")
+        want = audio.shape[0] * rate / 24000
+        assert abs(samples.shape[0] - want) <= mp3_frame_samples(rate) / 2 + 1, seconds
+        # all of the tone is there: after LAME's 1105 samples of delay, to its last sample
+        loud = np.flatnonzero(np.abs(samples) > 0.01)
+        assert loud[-1] >= 1105 + sound.shape[0] * rate / 24000 - 10, seconds
+
+
+def test_mp3_of_silence_only_or_of_sound_to_the_end() -> None:
+    silence = stream(Mp3FrameEncoder(24000, 24000, 64000), np.zeros(4800, np.float32))
+    assert abs(decode(b"".join(silence), "mp3")[0].shape[0] - 4800) <= 288
+    enc = Mp3FrameEncoder(24000, 24000, 64000)  # no pause at the end: nothing is dropped
+    samples, _ = decode(b"".join(stream(enc, tone(0.5))), "mp3")
+    assert samples.shape[0] >= 12000 + 1105  # LAME's delay, then all of the tone
+
+
 def test_mp3_bitrate_sets_the_frame_size() -> None:
     sizes = {}
     for kbps in (32, 128):

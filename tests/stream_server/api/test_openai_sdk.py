@@ -21,9 +21,11 @@ TEXT = "Hello there, this is one sentence."  # one segment: 34 chars = 340 ms of
 PAUSE_S = 0.12  # AudioConfig.pause_ms after every segment
 CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
                  "wav": "audio/wav", "pcm": "audio/pcm"}
-# decoded length may exceed the PCM length by the codec's delay and padding (MP3 without a Xing
-# header and ADTS AAC cannot tell the decoder to trim it); Ogg Opus, FLAC and WAV are exact
-CODEC_SLACK_S = {"mp3": 0.1, "aac": 0.1, "opus": 0.002, "flac": 0.0, "wav": 0.0, "pcm": 0.0}
+# decoded length - PCM length, (least, most): ADTS AAC cannot tell the decoder to trim the codec's
+# delay and padding; MP3 takes its delay out of the segment's pause, to within half a frame (12 ms
+# at 24 kHz); Ogg Opus, FLAC and WAV are exact
+CODEC_SLACK_S = {"mp3": (-0.012, 0.012), "aac": (0.0, 0.1), "opus": (0.0, 0.002), "flac": (0.0, 0.0),
+                 "wav": (0.0, 0.0), "pcm": (0.0, 0.0)}
 
 
 def expected_s(text: str = TEXT, speed: float = 1.0) -> float:
@@ -74,22 +76,26 @@ def test_every_format_streams_audio_of_the_expected_length(client: openai.OpenAI
     assert content_type == CONTENT_TYPES[fmt]
     pcm, rate = decode(data, fmt)
     seconds = len(pcm) / rate
-    assert expected_s() - 0.002 <= seconds <= expected_s() + CODEC_SLACK_S[fmt] + 0.002
+    least, most = CODEC_SLACK_S[fmt]
+    assert expected_s() + least - 0.002 <= seconds <= expected_s() + most + 0.002
     assert abs(dominant_hz(pcm, rate) - 220.0) < 10.0  # "alloy" speaks with the default voice "low"
 
 
 @pytest.mark.parametrize("speed", [1.0, 3.0])
 def test_mp3_of_several_segments_keeps_their_length(client: openai.OpenAI, speed: float) -> None:
-    # at the engine's tempo the engine encodes each segment as its own MP3 stream (chained, each
-    # with up to 72 ms of priming and padding); beyond the engine's speeds the server stretches the
-    # PCM and encodes it as one stream
+    # at the engine's tempo the engine encodes each segment as its own MP3 stream (chained; the
+    # codec's delay is taken out of each segment's pause); beyond the engine's speeds the server
+    # stretches the PCM and encodes it as one stream (its delay and padding once, up to 72 ms)
     text = "The first sentence is right here. A second one follows it now. And a third one ends it."
     pcm_data, _, _ = speak(client, input=text, response_format="pcm", speed=speed)
     mp3_data, _, _ = speak(client, input=text, response_format="mp3", speed=speed)
     want = len(pcm_data) / 2 / SR
     mp3, rate = decode(mp3_data, "mp3")
-    segments = 3 if speed == 1.0 else 1
-    assert rate == SR and want <= len(mp3) / rate <= want + segments * 0.075
+    got = len(mp3) / rate
+    if speed == 1.0:  # each of the 3 segments within half a frame (12 ms)
+        assert rate == SR and abs(got - want) <= 3 * 0.012 + 0.001
+    else:
+        assert rate == SR and want <= got <= want + 0.075
     assert abs(dominant_hz(mp3, rate) - 220.0) < 10.0
 
 
