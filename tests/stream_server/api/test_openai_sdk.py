@@ -136,6 +136,19 @@ def test_sse_deltas_and_done_with_usage(client: openai.OpenAI) -> None:
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
+def test_sse_of_mp3_made_by_the_engine_counts_its_frames(client: openai.OpenAI) -> None:
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=TEXT, response_format="mp3", stream_format="sse"
+    ) as response:
+        text = response.read().decode()
+    events = [json.loads(line[len("data: "):]) for line in text.split("\n\n") if line.startswith("data: ")]
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    pcm, rate = decode(audio, "mp3")
+    assert abs(len(pcm) / rate - expected_s()) <= 0.014
+    # output_tokens: 20 ms frames of the audio sent (24 ms MP3 frames, counted by their length)
+    assert events[-1]["usage"]["output_tokens"] == pytest.approx(len(pcm) / rate / 0.02, abs=1.5)
+
+
 def test_voice_by_name_by_object_and_by_alias(client: openai.OpenAI) -> None:
     for voice in ("high", {"id": "high"}, "nova", "NOVA"):
         data, _, _ = speak(client, voice=voice, response_format="pcm")
