@@ -56,7 +56,7 @@ class ByteSink:
 def _lame_extra_frames(rate: int, bitrate: int, quality: int | None) -> int:
     """Frames LAME emits beyond ``ceil(samples / frame)`` for one stream: its encoder delay and the
     decoder's, rounded up to whole frames (2 at 22.05 / 24 kHz, 1 at 44.1 kHz). Measured once per
-    setting by encoding one sample, so it follows the LAME that is installed."""
+    setting by encoding one frame of silence, so it follows the LAME that is installed."""
     import av
 
     cc = av.CodecContext.create("libmp3lame", "w")

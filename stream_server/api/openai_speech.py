@@ -4,10 +4,11 @@
 The speech route streams: the text goes through a ``SpeechStream`` (the same session, chunker and
 scheduler as ``/v1/stream``), the response starts with the first synthesized audio, and every batch
 of PCM is encoded (``SpeechEncoder``, on a worker thread: never on the event loop) and written at
-once. An MP3 body at the engine's tempo is encoded by the engine workers instead, segment by segment
-next to the synthesis (the session speaks ``mp3``; the frames pass through): on every core, and
-without this process's GIL, which 16 concurrent MP3 encodes here turned into the bottleneck. The response status is decided by the first event: audio gives 200, an error before any
-audio gives its OpenAI-shaped error. A segment that fails later is skipped (``audio``; logged) or
+once. An MP3 body at the engine's tempo is encoded by the engine workers instead, segment by
+segment next to the synthesis (the session speaks ``mp3``; the frames pass through): on every
+core, and without this process's GIL, which 16 concurrent MP3 encodes here turned into the
+bottleneck. The response status is decided by the first event: audio gives 200, an error before
+any audio gives its OpenAI-shaped error. A segment that fails later is skipped (``audio``; logged) or
 reported as an ``error`` event (``sse``), as a ``/v1/stream`` session reports it and goes on.
 
 ``create_openai_router(hub, dependencies=...)``: route-level FastAPI dependencies are the hook for
@@ -114,8 +115,8 @@ async def _encoded(stream: SpeechStream, encoder: SpeechEncoder,
     """Body pieces in order; a failure before any audio raises its ``OpenAIError`` instead.
 
     A precoded batch (``encoder.session_format``) passes through. Otherwise a batch is encoded in
-    slices: the first slice of the response is short, so its first bytes
-    do not wait for a whole engine chunk to be encoded (about 2 % of the audio time for MP3).
+    slices: the first slice of the response is short, so its first bytes do not wait for a whole
+    engine chunk to be encoded (about 2 % of the audio time for MP3 at LAME's default quality).
     ``pools`` = (first, bulk): slices before the first bytes run on the first pool, so they do not
     queue behind other responses' bulk encoding; the bulk pool (one thread) caps what encoding
     takes from the engine and the event loop when many responses run at once.
