@@ -63,3 +63,23 @@ async def test_two_espeak_sessions_in_parallel_each_get_their_own_audio(url: str
     assert [m["text"] for m in b.messages if m["type"] == "segment"][0].startswith("今天")
     for got in (a, b):
         assert abs(_decode(got.frames).shape[0] / 24.0 - got.messages[-1]["audio_ms"]) <= 40
+
+
+def test_openai_mp3_from_the_engine_workers_is_the_pcms_speech(url: str) -> None:
+    """``workers`` defaults to one process per core: the MP3 of POST /v1/audio/speech is encoded in
+    those processes, one stream per sentence, and decodes to the same speech as the PCM body."""
+    import io
+
+    import av
+
+    body = {"model": "tts-1", "voice": "en-us", "input": ENGLISH}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        pcm_bytes = client.post("/v1/audio/speech", json={**body, "response_format": "pcm"}).content
+        mp3_bytes = client.post("/v1/audio/speech", json={**body, "response_format": "mp3"}).content
+    pcm = np.frombuffer(pcm_bytes, "<i2").astype(np.float32) / 32768.0
+    with av.open(io.BytesIO(mp3_bytes), format="mp3") as container:
+        mp3 = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    assert pcm.shape[0] > 24000
+    assert abs(mp3.shape[0] - pcm.shape[0]) <= 2 * 288 + 24  # two sentences, half a frame each
+    rms_pcm, rms_mp3 = (float(np.sqrt(np.mean(x**2))) for x in (pcm, mp3))
+    assert rms_mp3 == pytest.approx(rms_pcm, rel=0.15)

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import openai
+import pytest
 
 from stream_server.api.speech_stream import AudioBatch, SpeechStream, StreamFailure
 from stream_server.app import create_app
@@ -87,12 +88,13 @@ async def test_unread_audio_parks_the_session_until_the_writer_catches_up() -> N
         await asyncio.to_thread(hub.stop)
 
 
-def test_a_client_that_leaves_mid_stream_frees_its_session() -> None:
+@pytest.mark.parametrize("fmt", ["pcm", "mp3"])  # mp3: encoded by the engine's lane
+def test_a_client_that_leaves_mid_stream_frees_its_session(fmt: str) -> None:
     engine = SineBurstEngine(delay_s=0.05)
     app = create_app(make_config(), engine)
     hub = app.state.hub
     with serve_app(app) as url, httpx.Client(timeout=10.0) as client:
-        body = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": "pcm"}
+        body = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": fmt}
         with client.stream("POST", url + "/v1/audio/speech", json=body) as response:
             assert response.status_code == 200
             next(response.iter_bytes())
