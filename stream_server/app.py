@@ -34,6 +34,7 @@ from stream_server.handshake import head_timeout_protocol
 from stream_server.metrics import ServerMetrics
 from stream_server.overlay import OverlayBackend
 from stream_server.protocol import PROTOCOL_VERSION, SAMPLE_RATES, Error, encode_server_message
+from stream_server.ws_coalesce import CoalescingWebSocketProtocol
 
 log = logging.getLogger("stream_server")
 
@@ -272,7 +273,8 @@ def _hub_of(app: Any) -> Hub | None:
 
 
 def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> StreamServer:
-    """A uvicorn server for the app (websockets-sansio implementation, lifespan on)."""
+    """A uvicorn server for the app (websockets-sansio implementation writing a loop turn's frames
+    in one send, ``ws_coalesce``; lifespan on)."""
     hub = _hub_of(app)
     # HTTP responses still running after the drain get this long before they are cancelled
     uvicorn_kwargs.setdefault("timeout_graceful_shutdown", 3)
@@ -288,7 +290,8 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
         app,
         host=config.server.host,
         port=config.server.port,
-        ws="websockets-sansio",  # the legacy implementation imports deprecated websockets.legacy
+        # websockets-sansio (the legacy implementation imports deprecated websockets.legacy)
+        ws=CoalescingWebSocketProtocol,
         ws_per_message_deflate=config.server.ws_compression,
         # named, not "auto": installing an extra (Ray brings uvloop and httptools) must not
         # silently change the server's event loop and HTTP parser (http: h11, from handshake.py)
