@@ -27,6 +27,12 @@ STARTUP_CUSHION_S = 0.25
 # ones had started.
 CUSHION_MARGIN_S = 0.15
 MAX_CUSHION_S = 1.0
+# A playing session this close to running dry goes before every session waiting for its first
+# audio: its audio still has to be made (a step, 5-10 ms under load) and delivered (the event loop's
+# turn, the socket), and the waiting sessions' deadlines (their arrival) all lie in the past during a
+# burst. By deadline alone, a session that started early in a burst of 64 got its next step only once
+# every session that had arrived before its client ran dry had its first audio, often too late.
+PLAYING_GUARD_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,17 @@ class Channel:
     closed: bool = False
 
     def deadline(self) -> float:
+        """The arrival of the text (no start-up cushion yet), else the moment the client runs dry."""
         if self.clock_start is None or self.produced_s < STARTUP_CUSHION_S:
             return self.arrival_s
         return self.clock_start + self.produced_s
+
+    def pick_key(self, now: float) -> tuple[int, float]:
+        """What the pick orders by: (0, deadline) for a playing session within ``PLAYING_GUARD_S``
+        of running dry, else (1, deadline)."""
+        deadline = self.deadline()
+        playing = self.clock_start is not None and self.produced_s >= STARTUP_CUSHION_S
+        return (0 if playing and deadline - now <= PLAYING_GUARD_S else 1, deadline)
 
 
 _job_ids = iter(range(1, 1 << 62))  # next() is atomic under the GIL
@@ -112,24 +126,26 @@ def packet_seconds(request: SynthRequest, packet: bytes, frame_ms: float) -> flo
     return encoded_seconds(request.format, request.sample_rate, packet, frame_ms)
 
 
-def pick_next(channels: Iterable[Channel], max_ahead_s: float, lane: int | None = None) -> _Job | None:
-    """Earliest deadline first: the head job of the unparked channel that needs audio soonest.
+def pick_next(channels: Iterable[Channel], max_ahead_s: float, lane: int | None = None, *,
+              now: float) -> _Job | None:
+    """Earliest deadline first: the head job of the unparked channel that needs audio soonest,
+    playing sessions about to run dry first (``Channel.pick_key`` at monotonic time ``now``).
 
     A channel is parked while it has produced ``max_ahead_s`` or more audio the writer has not
     written yet. Ties keep channel order (first opened first). With ``lane``: only jobs that are
     not running and are either not started or started on that lane.
     """
     best: _Job | None = None
-    best_deadline = 0.0
+    best_key = (0, 0.0)
     for ch in channels:
         if not ch.jobs or ch.produced_s - ch.written_s >= max_ahead_s:
             continue
         head = ch.jobs[0]
         if lane is not None and (head.running or head.lane not in (None, lane)):
             continue
-        deadline = ch.deadline()
-        if best is None or deadline < best_deadline:
-            best, best_deadline = ch.jobs[0], deadline
+        key = ch.pick_key(now)
+        if best is None or key < best_key:
+            best, best_key = ch.jobs[0], key
     return best
 
 

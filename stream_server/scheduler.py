@@ -225,12 +225,12 @@ class Scheduler:
         channel.produced_s = channel.written_s = 0.0
 
     def _pick_locked(self, lane: Lane) -> tuple[_Job, float | None] | None:
-        job = pick_next(self._channels, self.max_ahead_s, lane.index)
+        now = time.monotonic()
+        job = pick_next(self._channels, self.max_ahead_s, lane.index, now=now)
         if job is None:
             return None
         job.running = True
         job.lane = lane.index
-        now = time.monotonic()
         if missed_deadline(job.channel, now):
             self.deadline_misses += 1
             self.last_miss_s = now

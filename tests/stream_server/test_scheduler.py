@@ -187,21 +187,38 @@ def _channel(name: str, *, arrival: float = 0.0, clock_start: float | None = Non
 def test_edf_prefers_a_session_waiting_for_first_audio_over_one_with_a_buffer() -> None:
     playing = _channel("playing", clock_start=10.0, produced=3.0, written=2.0)  # runs dry at 13.0
     waiting = _channel("waiting", arrival=11.0)
-    assert pick_next([playing, waiting], max_ahead_s=5.0).channel is waiting  # type: ignore[union-attr]
+    assert pick_next([playing, waiting], max_ahead_s=5.0, now=0.0).channel is waiting  # type: ignore[union-attr]
 
 
 def test_edf_prefers_a_session_about_to_run_dry() -> None:
     starving = _channel("starving", clock_start=10.0, produced=0.5, written=0.5)  # dry at 10.5
     waiting = _channel("waiting", arrival=11.0)
-    assert pick_next([waiting, starving], max_ahead_s=5.0).channel is starving  # type: ignore[union-attr]
+    assert pick_next([waiting, starving], max_ahead_s=5.0, now=0.0).channel is starving  # type: ignore[union-attr]
+
+
+def test_a_playing_session_about_to_run_dry_goes_before_every_waiting_one() -> None:
+    """Its next step and the delivery take time: within ``PLAYING_GUARD_S`` of running dry it goes
+    first, even before sessions that arrived long ago; further off, deadlines decide."""
+    from stream_server.edf import PLAYING_GUARD_S
+
+    playing = _channel("playing", clock_start=10.0, produced=0.5, written=0.5)  # dry at 10.5
+    long_waiting = _channel("waiting", arrival=9.0)
+    assert pick_next([long_waiting, playing], max_ahead_s=5.0,  # type: ignore[union-attr]
+                     now=10.5 - PLAYING_GUARD_S / 2).channel is playing
+    assert pick_next([long_waiting, playing], max_ahead_s=5.0,  # type: ignore[union-attr]
+                     now=10.5 - PLAYING_GUARD_S * 2).channel is long_waiting
+    drier = _channel("drier", clock_start=10.0, produced=0.45, written=0.45)  # dry at 10.45
+    assert pick_next([playing, long_waiting, drier], max_ahead_s=5.0,  # type: ignore[union-attr]
+                     now=10.44).channel is drier
+    assert playing.deadline() == 10.5  # deadline misses still count from the moment it runs dry
 
 
 def test_parked_and_empty_channels_are_skipped() -> None:
     parked = _channel("parked", clock_start=0.0, produced=5.0, written=0.5)
     empty = Channel("empty", lambda e: None)
-    assert pick_next([parked, empty], max_ahead_s=4.0) is None
+    assert pick_next([parked, empty], max_ahead_s=4.0, now=0.0) is None
     later = _channel("later", arrival=50.0)
-    assert pick_next([parked, empty, later], max_ahead_s=4.0).channel is later  # type: ignore[union-attr]
+    assert pick_next([parked, empty, later], max_ahead_s=4.0, now=0.0).channel is later  # type: ignore[union-attr]
 
 
 
