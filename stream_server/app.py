@@ -272,6 +272,21 @@ def _hub_of(app: Any) -> Hub | None:
     return hub if isinstance(hub, Hub) else None
 
 
+class WebSocketLifecycleAtDebug(logging.Filter):
+    """uvicorn (and websockets through it) logs three info lines per WebSocket: "connection open",
+    '"WebSocket /v1/stream" [accepted]' and "connection closed". At 64 connections a second, making
+    and writing them was ~10 % of the main process's CPU per session (py-spy), so they are written
+    only when the logger is at debug (``log_level = "debug"``). Refusals and errors still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        msg = record.msg
+        lifecycle = msg in ("connection open", "connection closed") or (
+            isinstance(msg, str) and msg.endswith('" [accepted]') and "WebSocket" in msg)
+        return not lifecycle or logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> StreamServer:
     """A uvicorn server for the app (websockets-sansio implementation writing a loop turn's frames
     in one send, ``ws_coalesce``; lifespan on)."""
@@ -300,6 +315,9 @@ def build_server(app: FastAPI, config: AppConfig, **uvicorn_kwargs: Any) -> Stre
         log_level=config.server.log_level,
         **uvicorn_kwargs,
     )
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, WebSocketLifecycleAtDebug) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(WebSocketLifecycleAtDebug())
     if hub is not None:
         hub.expect_bind = True
     access = getattr(app.state, "access", None)

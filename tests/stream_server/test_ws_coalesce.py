@@ -4,6 +4,7 @@ same bytes, same order, fewer system calls; close, abort and big writes behave."
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -157,3 +158,32 @@ def test_build_server_uses_the_coalescing_protocol() -> None:
     server = build_server(create_app(config, SineBurstEngine()), config)
     server.config.load()
     assert server.config.ws_protocol_class is CoalescingWebSocketProtocol
+
+
+def _record(msg: str, *args: object, level: int = logging.INFO) -> logging.LogRecord:
+    return logging.LogRecord("uvicorn.error", level, __file__, 1, msg, args, None)
+
+
+def test_websocket_lifecycle_lines_are_written_only_at_debug() -> None:
+    from stream_server.app import WebSocketLifecycleAtDebug, build_server, create_app
+
+    config = make_config()
+    build_server(create_app(config, SineBurstEngine()), config, log_config=None)
+    build_server(create_app(config, SineBurstEngine()), config, log_config=None)
+    log = logging.getLogger("uvicorn.error")
+    filters = [f for f in log.filters if isinstance(f, WebSocketLifecycleAtDebug)]
+    assert len(filters) == 1  # installed once however many servers are built
+    quiet = filters[0]
+    lifecycle = [_record("connection open"), _record("connection closed"),
+                 _record('%s - "WebSocket %s" [accepted]', "127.0.0.1:5", "/v1/stream")]
+    kept = [_record('%s - "WebSocket %s" 403', "127.0.0.1:5", "/v1/stream"),
+            _record("connection open", level=logging.WARNING), _record("Application startup complete.")]
+    old = log.level
+    try:
+        log.setLevel(logging.INFO)
+        assert [quiet.filter(r) for r in lifecycle] == [False, False, False]
+        assert all(quiet.filter(r) for r in kept)
+        log.setLevel(logging.DEBUG)
+        assert all(quiet.filter(r) for r in lifecycle)
+    finally:
+        log.setLevel(old)
