@@ -17,7 +17,8 @@ close, then decodes them and simulates playback. Per level it reports, with p50/
 
 Output: a printed table, optional JSON (``--json``) and a PNG of TTFA CDFs per level (``--plot``).
 ``--light``: the client counts packets and times them without decoding Opus (each packet is one
-frame of ``frame_ms``), so it costs the server little CPU when both share a machine; the report
+frame of ``frame_ms``) and speaks WebSocket through ``light_ws`` (frames cut out of large socket
+reads, ws:// only), so it costs the server little CPU when both share a machine; the report
 says which client mode ran. ``--duration SECONDS``: a soak instead of levels (``tools.soak``).
 This module is the client side; the statistics, playback simulation and report are pure functions
 in ``bench_report`` (unit-tested without a server).
@@ -48,6 +49,7 @@ from stream_server.tools.bench_report import (
     write_json,
     write_plot,
 )
+from stream_server.tools.light_ws import LightWebSocket
 
 DEFAULT_TEXTS = Path(__file__).parent.parent / "data" / "bench_texts.txt"
 _CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
@@ -91,8 +93,11 @@ async def run_client(
     t_first_text = t_sentence = math.nan
     frame_ms = 20.0  # from `ready`
     t0 = time.perf_counter()
+    # the light client parses frames itself (``light_ws``): far less client CPU on a shared box
+    conn = (LightWebSocket.connect(url, timeout_s=timeout_s) if light
+            else connect(url, max_size=2**22, open_timeout=timeout_s))
     try:
-        async with connect(url, max_size=2**22, open_timeout=timeout_s) as ws:
+        async with conn as ws:
             start: dict[str, Any] = {"type": "start", "format": "opus", "sample_rate": 24000}
             if voice:
                 start["voice"] = voice
@@ -220,6 +225,8 @@ async def run_bench(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict
         raise BenchError("--rounds must be >= 1")
     if args.llm_rate < 0:
         raise BenchError("--llm-rate must be >= 0")
+    if args.light and not args.url.startswith("ws://"):
+        raise BenchError("--light speaks ws:// only (no TLS); drop --light for wss://")
     await _probe(args.url, args.timeout)
     levels = []
     for clients in levels_spec:

@@ -196,8 +196,9 @@ def test_unreachable_server_is_one_line_error(
 def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.run(parse("--clients", "1,x")) == 1
     assert bench.run(parse("--texts", "/nonexistent/file.txt")) == 1
+    assert bench.run(parse("--light", "--url", "wss://127.0.0.1:9/v1/stream")) == 1
     err = capsys.readouterr().err
-    assert "--clients" in err and "cannot read texts file" in err
+    assert "--clients" in err and "cannot read texts file" in err and "--light speaks ws:// only" in err
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +209,9 @@ def espeak_server_url() -> object:
         yield ws_url(url)
 
 
-@pytest.mark.parametrize("llm_rate", ["0", "200"])
+@pytest.mark.parametrize(("llm_rate", "mode"), [("0", "decode"), ("200", "decode"), ("0", "light")])
 def test_end_to_end_against_espeak_server(
-    espeak_server_url: str, llm_rate: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    espeak_server_url: str, llm_rate: str, mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     texts = tmp_path / "texts.txt"
     texts.write_text("Hello there. This is a short benchmark text.\n你好，这是一个测试。\n")
@@ -228,10 +229,12 @@ def test_end_to_end_against_espeak_server(
         str(out_json),
         "--plot",
         str(out_png),
+        *(["--light"] if mode == "light" else []),
     )
     assert bench.run(args) == 0
     assert "client TTFA" in capsys.readouterr().out
     data = json.loads(out_json.read_text())
+    assert data["config"]["client_mode"] == mode
     assert [lv["clients"] for lv in data["levels"]] == [1, 2]
     for lv in data["levels"]:
         assert lv["errors"] == 0
@@ -269,7 +272,8 @@ def test_server_errors_are_reported_per_utterance(
     assert " 1     1    1    0 |" in capsys.readouterr().out
 
 
-def test_refused_sessions_are_counted_apart_from_errors(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["decode", "light"])
+def test_refused_sessions_are_counted_apart_from_errors(tmp_path: Path, mode: str) -> None:
     from stream_server.config import AppConfig, ServerConfig
     from tests.server_fixtures import SineBurstEngine
 
@@ -279,7 +283,8 @@ def test_refused_sessions_are_counted_apart_from_errors(tmp_path: Path) -> None:
     config = AppConfig(server=ServerConfig(port=0, max_sessions=1))
     # the served session lasts seconds (slow engine), so the other two arrive while it is open
     with running_server(config, SineBurstEngine(ms_per_char=100.0, delay_s=0.1)) as url:
-        args = parse("--url", ws_url(url), "--clients", "3", "--texts", str(texts), "--json", str(out_json))
+        args = parse("--url", ws_url(url), "--clients", "3", "--texts", str(texts), "--json", str(out_json),
+                     *(["--light"] if mode == "light" else []))
         assert bench.run(args) == 0  # refusals are not errors
     level = json.loads(out_json.read_text())["levels"][0]
     # at least two of three are refused (all three when the bench's own probe connection is still
