@@ -173,6 +173,8 @@ class LightWebSocket:
             return None
         if opcode == _OP_CONT:
             self._fragments.append(payload)
+            if sum(map(len, self._fragments)) > self._parser.max_size:
+                raise InvalidHandshake(f"a message over the {self._parser.max_size}-byte limit")
             if not fin:
                 return None
             opcode, payload = self._fragment_op, b"".join(self._fragments)

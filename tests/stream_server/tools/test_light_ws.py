@@ -87,6 +87,10 @@ def test_ping_is_answered_with_pong_and_fragments_are_joined() -> None:
     assert ws._on_frame(False, 0x1, "é".encode()[:1]) is None
     assert ws._on_frame(True, 0x0, "é".encode()[1:]) == "é"  # a character split across fragments
     assert ws._on_frame(True, 0x2, b"\x00\x01") == b"\x00\x01"
+    small = LightWebSocket(None, writer, 8, b"")  # type: ignore[arg-type]
+    assert small._on_frame(False, 0x2, b"12345") is None
+    with pytest.raises(InvalidHandshake, match="limit"):  # fragments add up past max_size
+        small._on_frame(False, 0x0, b"6789")
 
 
 MESSAGES = [{"type": "start", "voice": "high"}, {"type": "text",
