@@ -88,9 +88,14 @@ class Channel:
     arrival_s: float = 0.0  # arrival of the text that started this stretch
     closed: bool = False
 
+    @property
+    def playing(self) -> bool:
+        """Its client plays: the start-up cushion of this stretch of speech has been made."""
+        return self.clock_start is not None and self.produced_s >= STARTUP_CUSHION_S
+
     def deadline(self) -> float:
         """The arrival of the text (no start-up cushion yet), else the moment the client runs dry."""
-        if self.clock_start is None or self.produced_s < STARTUP_CUSHION_S:
+        if not self.playing or self.clock_start is None:  # (the second test is for mypy)
             return self.arrival_s
         return self.clock_start + self.produced_s
 
@@ -98,8 +103,7 @@ class Channel:
         """What the pick orders by: (0, deadline) for a playing session within ``PLAYING_GUARD_S``
         of running dry, else (1, deadline)."""
         deadline = self.deadline()
-        playing = self.clock_start is not None and self.produced_s >= STARTUP_CUSHION_S
-        return (0 if playing and deadline - now <= PLAYING_GUARD_S else 1, deadline)
+        return (0 if self.playing and deadline - now <= PLAYING_GUARD_S else 1, deadline)
 
 
 _job_ids = iter(range(1, 1 << 62))  # next() is atomic under the GIL
@@ -152,4 +156,4 @@ def pick_next(channels: Iterable[Channel], max_ahead_s: float, lane: int | None 
 def missed_deadline(channel: Channel, now: float) -> bool:
     """A playing session (past its start-up cushion) whose client has run dry by ``now``: the
     server is behind real time."""
-    return channel.clock_start is not None and channel.produced_s >= STARTUP_CUSHION_S and now > channel.deadline()
+    return channel.playing and now > channel.deadline()
